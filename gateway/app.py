@@ -1,0 +1,564 @@
+"""The gateway: one raw ASGI app in front of the legacy services and the new modules.
+
+For every request::
+
+    normalise the path (400 on tricks) → match a route (404) → decide the side
+    (sticky bucket, or a signed force token) → forward to the legacy upstream, or call the
+    module in process → count it, log one JSON line
+
+``/health`` is answered here. The hot path is plain ASGI on purpose: Starlette's routing
+and middleware stack cost more than the whole split decision (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+from starlette.types import Receive, Scope, Send
+
+from modules import DispatchResponse
+
+from . import proxy_http, proxy_ws
+from .accesslog import AccessLog
+from .config import GatewayConfig, Route
+from .control.window import Window
+from .errors import JSON_CONTENT_TYPE, error_body
+from .headers import REQUEST_ID, WS_HANDSHAKE, end_to_end, new_request_id, valid_request_id
+from .metrics import Metrics
+from .modules_host import ModuleHost
+from .routing import BadPath, Router, normalise_path
+from .shadow import MARKER as SHADOW_MARKER
+from .shadow.mirror import Mirror
+from .split import BUCKETS, Side, check_force_token, goes_new, sticky_key
+from .upstream import UpstreamError, UpstreamPool
+
+log = logging.getLogger("chatgw")
+
+HEALTH_BODY = orjson.dumps({"status": "ok", "service": "chat-gateway"})
+BACKEND_HEADER = b"x-gateway-backend"
+ABNORMAL_WS_CLOSES = frozenset({1006, 1011})  # RFC 6455 §7.4.1: dropped, server error
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    """One consistent view of config + compiled router + live weights (swapped whole)."""
+
+    config: GatewayConfig
+    router: Router
+    weights: Mapping[str, int] = field(default_factory=dict)  # route name -> basis points
+
+    def basis(self, route: Route) -> int:
+        return self.weights.get(route.name, route.new_basis)
+
+
+class Gateway:
+    """The ASGI app. ``await startup()`` / ``shutdown()`` run from its lifespan."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        *,
+        env: Mapping[str, str] | None = None,
+        metrics: Metrics | None = None,
+        access_log: AccessLog | None = None,
+    ) -> None:
+        self.env = os.environ if env is None else env
+        self.table = RouteTable(config, Router(config.routes))
+        self.metrics = metrics or Metrics()
+        self.window = Window()  # last 60 s per (route, side): chatgw status and the guard
+        self.access_log = access_log or AccessLog(config.settings.access_log)
+        self.ops_secret = self.env.get("GATEWAY_OPS_SECRET") or None
+        self.pools: dict[str, UpstreamPool] = {}
+        self.modules = ModuleHost(GatewayDispatcher(self), self.env)
+        self.ready = False
+        self.started_hooks: list[Any] = []
+        self.stopping_hooks: list[Any] = []
+        self.control: Any = None  # the ControlPlane, when served (gateway.server.build)
+        self.shadow = Mirror(self)  # shadow copies: queue and workers live in the lifespan
+        self.started_hooks.append(self.shadow.start)
+        self.stopping_hooks.append(self.shadow.stop)
+        self.draining = False
+        self._open_ws: set[_ClientSocket] = set()
+        self._publish_weights()
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def startup(self) -> None:
+        self._ensure_pools(self.table.config)
+        await self.modules.ensure(r.module for r in self.table.config.routes if r.module)
+        for hook in self.started_hooks:
+            await hook()
+        self.ready = True
+
+    def begin_drain(self) -> None:
+        """SIGTERM: ``/ready`` answers 503 from now on, so load balancers stop sending."""
+        self.draining = True
+        self.ready = False
+
+    async def close_websockets(self) -> int:
+        """Close every open client WebSocket with 1001 (going away): clients reconnect to
+        another replica. Relayed sockets close their upstream side with 1000."""
+        sockets = list(self._open_ws)
+        await asyncio.gather(*(s.going_away() for s in sockets), return_exceptions=True)
+        return len(sockets)
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        for hook in self.stopping_hooks:
+            await hook()
+        await self.modules.stop()
+        for pool in self.pools.values():
+            await pool.aclose()
+        self.pools.clear()
+
+    def _ensure_pools(self, config: GatewayConfig) -> None:
+        for name, up in config.upstreams.items():
+            if name not in self.pools:
+                self.pools[name] = UpstreamPool(
+                    up.url,
+                    connect_timeout=up.connect_timeout,
+                    read_timeout=up.read_timeout,
+                    max_connections=up.pool_size,
+                )
+
+    async def apply_config(self, config: GatewayConfig) -> None:
+        """Switch to a validated config; modules it names are started first (all or none)."""
+        await self.modules.ensure(r.module for r in config.routes if r.module)
+        self._ensure_pools(config)
+        known = {r.name for r in config.routes}
+        weights = {k: v for k, v in self.table.weights.items() if k in known}
+        self.table = RouteTable(config, Router(config.routes), weights)
+        self.shadow.configure(config)
+        self._publish_weights()
+
+    def set_weight(self, route_name: str, basis: int) -> None:
+        """Set a live override of a route's share (basis points, 0..10 000)."""
+        if self.table.config.route(route_name) is None:
+            from .errors import UnknownRouteError
+
+            raise UnknownRouteError(route_name)
+        self.set_weights({**self.table.weights, route_name: basis})
+
+    def set_weights(self, weights: Mapping[str, int]) -> None:
+        """Replace every live override at once (the control plane's snapshot, one swap)."""
+        table = self.table
+        known = {r.name for r in table.config.routes}
+        clamped = {k: max(0, min(BUCKETS, v)) for k, v in weights.items() if k in known}
+        self.table = RouteTable(table.config, table.router, clamped)
+        self._publish_weights()
+
+    def _publish_weights(self) -> None:
+        for r in self.table.config.routes:
+            self.metrics.new_percent.labels(r.name).set(self.table.basis(r) / 100)
+
+    # ----------------------------------------------------------------- decision
+
+    def decide(
+        self,
+        route: Route,
+        headers: list[tuple[bytes, bytes]],
+        query_string: bytes,
+        params: dict[str, str],
+        client: Any,
+        *,
+        websocket: bool = False,
+    ) -> Side:
+        force_name = self.table.config.settings.force_header.encode()
+        for k, v in headers:
+            if k == force_name:
+                side, reason = check_force_token(self.ops_secret, v.decode("latin-1"))
+                if side is None:
+                    self.metrics.force_rejected.labels(reason).inc()
+                    break
+                return side if route.module else "legacy"
+        if route.module is None:
+            return "legacy"
+        basis = self.table.basis(route)
+        if basis <= 0:
+            return "legacy"
+        if basis >= BUCKETS:
+            return "new"
+        key = sticky_key(route.sticky, headers, query_string, params, websocket=websocket)
+        if key is None and route.sticky.kind != "none" and client:
+            key = "client:" + str(client[0])
+        return "new" if goes_new(basis, key) else "legacy"
+
+    def _forward_headers(
+        self, scope: Scope, rid: bytes, drop: frozenset[bytes]
+    ) -> list[tuple[bytes, bytes]]:
+        """End-to-end request headers plus X-Forwarded-* and X-Request-Id."""
+        force = self.table.config.settings.force_header.encode()
+        # The shadow marker is stripped from every client request: only the gateway's own
+        # copies carry it (no client can ask for a dry run or fake a copy).
+        headers = end_to_end(scope["headers"], drop | {force, REQUEST_ID, SHADOW_MARKER})
+        xff = b""
+        host = b""
+        out = []
+        for k, v in headers:
+            if k == b"x-forwarded-for":
+                xff = v
+                continue
+            if k in (b"x-forwarded-proto", b"x-forwarded-host"):
+                continue
+            if k == b"host":
+                host = v
+            out.append((k, v))
+        client = scope.get("client")
+        ip = str(client[0]).encode() if client else b"unknown"
+        scheme = scope.get("scheme", "http")
+        proto = {"ws": b"http", "wss": b"https"}.get(scheme, scheme.encode())
+        out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
+        out.append((b"x-forwarded-proto", proto))
+        if host:
+            out.append((b"x-forwarded-host", host))
+        out.append((REQUEST_ID, rid))
+        return out
+
+    # ----------------------------------------------------------------- ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "websocket":
+            await self._websocket(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            msg = await receive()
+            if msg["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("gateway failed to start")
+                    await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif msg["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _request_id(self, headers: list[tuple[bytes, bytes]]) -> bytes:
+        for k, v in headers:
+            if k == REQUEST_ID:
+                return v if valid_request_id(v) else new_request_id()
+        return new_request_id()
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        method: str = scope["method"]
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        rid = self._request_id(scope["headers"])
+        extra = [(REQUEST_ID, rid)]
+        if (raw == b"/health" or raw == b"/health/") and method in ("GET", "HEAD"):
+            start, body = proxy_http.json_response_messages(200, HEALTH_BODY, extra)
+            await send(start)
+            await send(body)
+            return
+        table = self.table
+        try:
+            segments = normalise_path(raw)
+        except BadPath as exc:
+            self.metrics.bad_requests.labels("bad_path").inc()
+            n = await proxy_http.send_error(send, 400, f"path refused: {exc}", extra)
+            self._done(rid, "-", "gateway", method, scope, 400, t0, n)
+            return
+        found = table.router.match(segments, method)
+        if found is None:
+            self.metrics.bad_requests.labels("no_route").inc()
+            n = await proxy_http.send_error(send, 404, "no such route", extra)
+            self._done(rid, "-", "gateway", method, scope, 404, t0, n)
+            return
+        route = found.route
+        side = self.decide(
+            route, scope["headers"], scope["query_string"], found.params, scope.get("client")
+        )
+        if table.config.settings.backend_header:
+            extra.append((BACKEND_HEADER, b"new" if side == "new" else b"legacy"))
+        headers = self._forward_headers(scope, rid, frozenset())
+        tap = None
+        if route.shadow is not None or self.shadow.recording:
+            tap = self.shadow.begin(route, side, scope)
+            if tap is not None:
+                receive, send = tap.receive(receive), tap.send(send)
+        if side == "new":
+            assert route.module is not None
+            status, n = await self._call_module(route, scope, receive, send, headers, extra)
+        else:
+            pool = self.pools[route.legacy]
+            status, n = await proxy_http.forward(
+                scope, receive, send, pool, headers, extra,
+                limit=route.body_limit, timeout=route.timeout,
+                on_error=lambda stage: self.metrics.upstream_errors.labels(route.name, route.legacy, stage).inc(),
+            )  # fmt: skip
+        if tap is not None:
+            self.shadow.submit(tap, headers, status)  # after the last body message went out
+        self._done(rid, route.name, side, method, scope, status, t0, n)
+
+    def _done(
+        self,
+        rid: bytes,
+        route: str,
+        backend: str,
+        method: str,
+        scope: Scope,
+        status: int,
+        t0: float,
+        n: int,
+        *,
+        failed: bool = False,
+    ) -> None:
+        seconds = time.perf_counter() - t0
+        self.metrics.observe(route, backend, method, status, seconds)
+        # ``failed``: an abnormal WebSocket close, an error for the guard (gateway.control.guard)
+        self.window.record(route, backend, 500 if failed else status, seconds)
+        self.access_log.write(rid, route, backend, method, scope["path"], status, seconds, n)
+
+    async def _call_module(
+        self,
+        route: Route,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        headers: list[tuple[bytes, bytes]],
+        extra: list[tuple[bytes, bytes]],
+    ) -> tuple[int, int]:
+        assert route.module is not None
+        app, state = self.modules.get(route.module)
+        limit = route.body_limit
+        for k, v in headers:
+            if k == b"content-length" and v.isdigit() and int(v) > limit:
+                return 413, await proxy_http.send_error(send, 413, "request body too large", extra)
+        box = [0, 0, 0]  # status, bytes out, bytes in
+
+        async def receive_limited() -> dict[str, Any]:
+            msg = await receive()
+            if msg["type"] == "http.request":
+                box[2] += len(msg.get("body", b""))
+                if box[2] > limit:
+                    return {"type": "http.disconnect"}
+            return msg  # type: ignore[return-value]
+
+        async def send_marked(msg: dict[str, Any]) -> None:
+            if msg["type"] == "http.response.start":
+                box[0] = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", ()), *extra]}
+            elif msg["type"] == "http.response.body":
+                box[1] += len(msg.get("body", b""))
+            await send(msg)
+
+        inner = {**scope, "headers": headers, "state": state.copy()}
+        try:
+            await app(inner, receive_limited, send_marked)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("module %s failed on %s %s", route.module, scope["method"], scope["path"])
+            if not box[0]:
+                return 500, await proxy_http.send_error(send, 500, "internal error", extra)
+            return 500, box[1]
+        if box[2] > limit and not box[0]:
+            return 413, await proxy_http.send_error(send, 413, "request body too large", extra)
+        return box[0], box[1]
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+        t0 = time.perf_counter()
+        raw: bytes = scope.get("raw_path") or scope["path"].encode()
+        rid = self._request_id(scope["headers"])
+        table = self.table
+        try:
+            found = table.router.match(normalise_path(raw), "GET", websocket=True)
+        except BadPath:
+            found = None
+        if found is None:
+            body = error_body(404, "no such route")
+            await proxy_ws._deny(scope, send, 404, body, JSON_CONTENT_TYPE)
+            self._done(rid, "-", "gateway", "GET", scope, 404, t0, len(body))
+            return
+        route = found.route
+        if self.draining:
+            body = error_body(503, "the gateway is shutting down")
+            await proxy_ws._deny(scope, send, 503, body, JSON_CONTENT_TYPE)
+            self._done(rid, route.name, "gateway", "GET", scope, 503, t0, len(body))
+            return
+        side = self.decide(
+            route,
+            scope["headers"],
+            scope["query_string"],
+            found.params,
+            scope.get("client"),
+            websocket=True,
+        )
+        gauge = self.metrics.websockets_open.labels(route.name, side)
+        gauge.inc()
+        status = 101
+        crashed = False
+        sock = _ClientSocket(send, receive, upstream_code=None if side == "new" else 1000)
+        self._open_ws.add(sock)
+        receive, send = sock.receive, sock.send
+        try:
+            if side == "new":
+                assert route.module is not None
+                app, state = self.modules.get(route.module)
+                headers = self._forward_headers(scope, rid, frozenset())
+                try:
+                    await app({**scope, "headers": headers, "state": state.copy()}, receive, send)
+                except Exception:
+                    crashed = True
+                    raise
+            else:
+                up = table.config.upstreams[route.legacy]
+                parts = urlsplit(up.url)
+                ws_scheme = "wss" if parts.scheme == "https" else "ws"
+                qs = scope["query_string"]
+                target = raw.decode("latin-1") + ("?" + qs.decode("latin-1") if qs else "")
+                url = f"{ws_scheme}://{parts.netloc}{parts.path}{target}"
+                headers = self._forward_headers(scope, rid, WS_HANDSHAKE)
+                status, _ = await proxy_ws.relay(
+                    scope, receive, send, url, headers, connect_timeout=up.connect_timeout
+                )
+        finally:
+            self._open_ws.discard(sock)
+            gauge.dec()
+            abnormal = crashed or sock.close_code in ABNORMAL_WS_CLOSES
+            failed = abnormal and route.guard.ws_abnormal_closes
+            self._done(rid, route.name, side, "GET", scope, status, t0, 0, failed=failed)
+
+
+class _ClientSocket:
+    """One client WebSocket, as its handler (relay or module) sees it, that the gateway
+    can close with 1001 when it drains.
+
+    After the gateway's close, uvicorn hands the handler ``websocket.disconnect``; the
+    handler's later sends are dropped (uvicorn refuses them after a close). A relay sees the
+    disconnect with ``upstream_code`` so that it closes the legacy side normally.
+    """
+
+    __slots__ = (
+        "_receive", "_send", "accepted", "close_code", "closed", "drained", "upstream_code",
+    )  # fmt: skip
+
+    def __init__(self, send: Send, receive: Receive, *, upstream_code: int | None) -> None:
+        self._send = send
+        self._receive = receive
+        self.upstream_code = upstream_code
+        self.accepted = False
+        self.close_code: int | None = None
+        self.closed = False
+        self.drained = False
+
+    async def send(self, msg: Any) -> None:
+        if self.closed:
+            return
+        kind = msg["type"]
+        if kind == "websocket.accept":
+            self.accepted = True
+        elif kind == "websocket.close":
+            self.closed = True
+            self.close_code = msg.get("code", 1000)
+        await self._send(msg)
+
+    async def receive(self) -> Any:
+        msg = await self._receive()
+        if self.drained and self.upstream_code and msg["type"] == "websocket.disconnect":
+            return {**msg, "code": self.upstream_code, "reason": "gateway shutting down"}
+        return msg
+
+    async def going_away(self) -> None:
+        if self.closed or not self.accepted:
+            return
+        self.closed = self.drained = True
+        msg = {"type": "websocket.close", "code": 1001, "reason": "gateway shutting down"}
+        try:
+            await self._send(msg)
+        except (OSError, RuntimeError):  # the client went away meanwhile
+            pass
+
+
+class GatewayDispatcher:
+    """Module-to-module calls that honour the split (the :class:`modules.Dispatcher`).
+
+    ``modules/websocket`` asks the AI through here, so the ai route's percentage and the
+    caller's cohort apply exactly as for a client's own request.
+    """
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    async def request(
+        self, method: str, path: str, *, headers: list[tuple[str, str]], body: bytes = b""
+    ) -> DispatchResponse:
+        gw = self.gateway
+        raw_path, _, qs = path.partition("?")
+        hdrs = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers]
+        hdrs = [(k, v) for k, v in hdrs if k != b"content-length"]
+        hdrs.append((b"content-length", str(len(body)).encode()))
+        found = gw.table.router.match(normalise_path(raw_path.encode()), method)
+        if found is None:
+            return DispatchResponse(
+                404,
+                [("content-type", "application/json; charset=utf-8")],
+                error_body(404, "no such route"),
+            )
+        route = found.route
+        side = gw.decide(route, hdrs, qs.encode(), found.params, None)
+        if side == "new":
+            assert route.module is not None
+            app, state = gw.modules.get(route.module)
+            scope = {
+                "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
+                "scheme": "http", "path": raw_path, "raw_path": raw_path.encode(),
+                "query_string": qs.encode(), "root_path": "", "headers": hdrs,
+                "client": None, "server": None, "state": state.copy(),
+            }  # fmt: skip
+            status = 500
+            out_headers: list[tuple[str, str]] = []
+            chunks: list[bytes] = []
+            sent = False
+
+            async def receive() -> dict[str, Any]:
+                nonlocal sent
+                if sent:
+                    await asyncio.Event().wait()
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(msg: dict[str, Any]) -> None:
+                nonlocal status, out_headers
+                if msg["type"] == "http.response.start":
+                    status = msg["status"]
+                    out_headers = [
+                        (k.decode("latin-1"), v.decode("latin-1"))
+                        for k, v in msg.get("headers", [])
+                    ]
+                elif msg["type"] == "http.response.body":
+                    chunks.append(msg.get("body", b""))
+
+            await app(scope, receive, send)  # type: ignore[arg-type]
+            return DispatchResponse(status, out_headers, b"".join(chunks))
+        pool = gw.pools[route.legacy]
+        target = raw_path + ("?" + qs if qs else "")
+        try:
+            resp = await pool.request(method, target, hdrs, body, read_timeout=route.timeout)
+            async with resp:
+                data = await resp.read()
+        except UpstreamError as exc:
+            gw.metrics.upstream_errors.labels(route.name, route.legacy, exc.stage).inc()
+            status, message = proxy_http.failure_status(exc)
+            return DispatchResponse(
+                status,
+                [("content-type", "application/json; charset=utf-8")],
+                error_body(status, message),
+            )
+        return DispatchResponse(
+            resp.status, [(k.decode("latin-1"), v.decode("latin-1")) for k, v in resp.headers], data
+        )

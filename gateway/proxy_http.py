@@ -1,0 +1,231 @@
+"""Forward one HTTP request to a legacy upstream, streaming both ways.
+
+The request body is passed on as it arrives (bounded by the route's ``body_limit``); the
+response body is sent to the client chunk by chunk as the upstream produces it, so
+server-sent events are flushed event by event. Small responses with a known length
+(≤ 64 KiB) are sent in one ASGI message instead, which saves a send per request.
+
+Upstream failures are mapped to the client's answer in exactly one place,
+:func:`failure_status`, and the same stage labels the metric. A response that breaks after
+its head went out is *aborted* (the connection is dropped), never ended as if complete.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.types import Receive, Scope, Send
+
+from .errors import JSON_CONTENT_TYPE, error_body
+from .headers import end_to_end
+from .upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
+
+log = logging.getLogger("chatgw.proxy")
+
+SMALL_BODY = 64 * 1024
+
+# The server adds its own Date to every answer (module or proxied alike); a forwarded one
+# would make two.
+_RESPONSE_DROP = frozenset({b"date"})
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class ClientGone(Exception):
+    pass
+
+
+def failure_status(exc: UpstreamError) -> tuple[int, str]:
+    """The client's answer to an upstream failure: refused → 502, timed out → 504."""
+    if isinstance(exc, UpstreamTimeout):
+        return 504, "the upstream did not answer in time"
+    if isinstance(exc, UpstreamConnectError):
+        return 502, "the upstream refused the connection"
+    return 502, "the upstream failed"
+
+
+def json_response_messages(
+    status: int, body: bytes, extra: list[tuple[bytes, bytes]]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    headers = [
+        (b"content-type", JSON_CONTENT_TYPE),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+    ]
+    return (
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body, "more_body": False},
+    )
+
+
+async def send_error(
+    send: Send, status: int, message: str, extra: list[tuple[bytes, bytes]], code: str | None = None
+) -> int:
+    start, body = json_response_messages(status, error_body(status, message, code), extra)
+    await send(start)
+    await send(body)
+    return len(body["body"])
+
+
+class _Watch:
+    """Notices a client that goes away while we wait on the upstream, and cancels us.
+
+    Armed only once the request body has been read (so it never races the body reader)
+    and only after 50 ms, so that quick requests never pay for a task.
+    """
+
+    __slots__ = ("_handle", "_receive", "_task", "done", "gone", "watcher")
+
+    def __init__(self, receive: Receive) -> None:
+        self._receive = receive
+        self._task = asyncio.current_task()
+        self._handle: asyncio.TimerHandle | None = None
+        self.watcher: asyncio.Task[None] | None = None
+        self.done = False
+        self.gone = False
+
+    def arm(self) -> None:
+        if self._handle is None and not self.done:
+            self._handle = asyncio.get_running_loop().call_later(0.05, self._start)
+
+    def _start(self) -> None:
+        if not self.done:
+            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while not self.done:
+            msg = await self._receive()
+            if msg["type"] == "http.disconnect":
+                if not self.done and self._task is not None:
+                    self.gone = True
+                    self._task.cancel()
+                return
+
+    def finish(self) -> None:
+        self.done = True
+        if self._handle is not None:
+            self._handle.cancel()
+        if self.watcher is not None and not self.watcher.done():
+            self.watcher.cancel()
+
+
+async def _body_stream(
+    first: bytes, receive: Receive, limit: int, watch: _Watch
+) -> AsyncIterator[bytes]:
+    seen = len(first)
+    if first:
+        yield first
+    while True:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = msg.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            raise BodyTooLarge
+        if chunk:
+            yield chunk
+        if not msg.get("more_body", False):
+            watch.arm()
+            return
+
+
+async def forward(
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    pool: UpstreamPool,
+    headers: list[tuple[bytes, bytes]],
+    extra: list[tuple[bytes, bytes]],
+    *,
+    limit: int,
+    timeout: float,
+    on_error: Any,
+) -> tuple[int, int]:
+    """Proxy the request; returns (status, response bytes). Status 499: client went away.
+
+    ``headers`` are the upstream request headers (already end-to-end), ``extra`` the
+    headers added to the client's response. ``on_error(stage)`` counts upstream failures.
+    """
+    method: str = scope["method"]
+    watch = _Watch(receive)
+    started = False
+    try:
+        msg = await receive()
+        if msg["type"] == "http.disconnect":
+            return 499, 0
+        first: bytes = msg.get("body", b"")
+        body: bytes | AsyncIterator[bytes]
+        if msg.get("more_body", False):
+            body = _body_stream(first, receive, limit, watch)
+        else:
+            if len(first) > limit:
+                raise BodyTooLarge
+            body = first
+            watch.arm()
+        qs: bytes = scope["query_string"]
+        target = scope.get("raw_path") or scope["path"].encode()
+        if qs:
+            target = target + b"?" + qs
+        try:
+            resp = await pool.request(method, target, headers, body, read_timeout=timeout)
+        except UpstreamError as exc:
+            on_error(exc.stage)
+            status, message = failure_status(exc)
+            return status, await send_error(send, status, message, extra)
+        # Names arrive as the upstream spelled them (Node: "Connection", "Keep-Alive"); the
+        # hop-by-hop rules and ASGI both want them lower-cased.
+        resp_headers = [(k.lower(), v) for k, v in resp.headers]
+        out = end_to_end(resp_headers)
+        out.extend(extra)
+        length = -1
+        for k, v in resp_headers:
+            if k == b"content-length":
+                length = int(v) if v.isdigit() else -1
+        try:
+            if 0 <= length <= SMALL_BODY or method == "HEAD":
+                data = await resp.read()
+                started = watch.done = True
+                await send({"type": "http.response.start", "status": resp.status, "headers": out})
+                await send({"type": "http.response.body", "body": data, "more_body": False})
+                return resp.status, len(data)
+            started = True
+            await send({"type": "http.response.start", "status": resp.status, "headers": out})
+            sent = 0
+            async for chunk in resp:
+                sent += len(chunk)
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            watch.done = True
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return resp.status, sent
+        except UpstreamError as exc:
+            on_error(exc.stage)
+            if not started:
+                status, message = failure_status(exc)
+                return status, await send_error(send, status, message, extra)
+            # Abort: returning without the final message makes the server drop the
+            # connection, so the client cannot take a truncated body for a whole one.
+            log.warning("upstream broke mid-body (%s): response aborted", exc.stage)
+            return 502, 0
+        finally:
+            await resp.aclose()
+    except BodyTooLarge:
+        if started:
+            return 413, 0
+        return 413, await send_error(send, 413, "request body too large", extra)
+    except ClientGone:
+        return 499, 0
+    except asyncio.CancelledError:
+        if watch.gone:
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()
+            return 499, 0
+        raise
+    finally:
+        watch.finish()

@@ -1,0 +1,77 @@
+"""gateway.accesslog: one JSON line per request on the gateway's stdout, no secrets."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+from gw_helpers import make_token
+from websockets.sync.client import connect
+
+
+def _lines_for(gw, rids: set[str], timeout: float = 5) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        lines = [line for line in gw.access_lines() if line.get("rid") in rids]
+        if {line["rid"] for line in lines} == rids or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.05)
+
+
+def test_each_request_writes_one_json_line_with_its_fields(gw):
+    rids = {f"log-{uuid.uuid4().hex}" for _ in range(5)}
+    with gw.client() as c:
+        for rid in sorted(rids):
+            assert c.get("/echo/logged", headers={"X-Request-Id": rid}).status_code == 200
+    lines = _lines_for(gw, rids)
+    assert sorted(line["rid"] for line in lines) == sorted(rids)  # exactly one each
+    line = lines[0]
+    assert {"ts", "rid", "route", "backend", "method", "path", "status", "ms", "bytes"} <= set(line)
+    assert (line["route"], line["backend"], line["method"]) == ("echo", "legacy", "GET")
+    assert (line["path"], line["status"]) == ("/echo/logged", 200)
+    assert line["bytes"] > 0
+    assert line["ms"] >= 0
+
+
+def test_module_and_gateway_answers_are_logged_with_their_backend(gw):
+    new, missing = f"log-{uuid.uuid4().hex}", f"log-{uuid.uuid4().hex}"
+    with gw.client() as c:
+        c.get("/probe/logged", headers={"X-Request-Id": new})
+        c.get("/not/routed", headers={"X-Request-Id": missing})
+    by_rid = {line["rid"]: line for line in _lines_for(gw, {new, missing})}
+    assert (by_rid[new]["route"], by_rid[new]["backend"], by_rid[new]["status"]) == (
+        "probe",
+        "new",
+        200,
+    )
+    assert (by_rid[missing]["route"], by_rid[missing]["status"]) == ("-", 404)
+
+
+def test_access_log_never_holds_authorization_cookies_or_query_tokens(gw):
+    secret_jwt = make_token("log-user", nonce=uuid.uuid4().hex)
+    cookie_secret = f"cookie-{uuid.uuid4().hex}"
+    query_secret = f"qs-{uuid.uuid4().hex}"
+    rid, ws_rid = f"log-{uuid.uuid4().hex}", f"log-{uuid.uuid4().hex}"
+    with gw.client() as c:
+        r = c.get(
+            f"/echo/secret?token={query_secret}&x=1",
+            headers={
+                "Authorization": f"Bearer {secret_jwt}",
+                "Cookie": f"sid={cookie_secret}",
+                "X-Request-Id": rid,
+            },
+        )
+    assert r.status_code == 200
+    with connect(
+        f"{gw.ws_url}/ws?token={query_secret}",
+        proxy=None,
+        additional_headers={"X-Request-Id": ws_rid, "Cookie": f"sid={cookie_secret}"},
+    ) as ws:
+        ws.send("x")
+        ws.recv(timeout=5)
+    lines = _lines_for(gw, {rid, ws_rid})
+    assert len(lines) == 2
+    out = gw.stdout()
+    for secret in (secret_jwt, secret_jwt.split(".")[1], cookie_secret, query_secret):
+        assert secret not in out
+    assert {line["path"] for line in lines} == {"/echo/secret", "/ws"}

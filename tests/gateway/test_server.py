@@ -1,0 +1,64 @@
+"""gateway.server: the two listeners of one process, readiness and a graceful stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+from gw_helpers import main_config
+
+
+def test_ready_on_the_admin_port_describes_the_loaded_config(gw):
+    r = httpx.get(gw.admin_url + "/ready", trust_env=False)
+    assert r.status_code == 200
+    body = r.json()
+    assert body["status"] == "ready"
+    assert body["routes"] == 22
+    assert body["modules"] == ["probe"]
+    assert body["config"].endswith("routes.yaml")
+
+
+def test_admin_endpoints_are_not_served_on_the_client_port(gw):
+    with gw.client() as c:
+        assert c.get("/metrics").status_code == 404
+        assert c.get("/ready").status_code == 404
+    assert httpx.get(gw.admin_url + "/health", trust_env=False).status_code == 200
+
+
+def test_sigterm_lets_an_in_flight_request_finish_and_module_lifespans_stop_then_exits(
+    start_gateway, upstreams, dead_port, tmp_path
+):
+    log = tmp_path / "lifespan.log"
+    g = start_gateway(main_config(upstreams, dead_port), CHATGW_PROBE_LOG=str(log))
+    assert log.read_text().splitlines() == ["startup"]
+    result: dict[str, object] = {}
+
+    def slow_request() -> None:
+        with g.client() as c:
+            try:
+                r = c.get("/slow/long", params={"ms": 1500})
+                result["status"] = r.status_code
+                result["body"] = r.json()
+            except httpx.HTTPError as exc:
+                result["error"] = repr(exc)
+
+    t = threading.Thread(target=slow_request)
+    t.start()
+    time.sleep(0.5)  # the request is now waiting on the upstream
+    t0 = time.monotonic()
+    code = g.stop(timeout=15)
+    stopped_after = time.monotonic() - t0
+    t.join(10)
+    assert result.get("status") == 200, result
+    assert result["body"] == {"upstream": "a", "slow": True}
+    assert code in (0, -15)  # uvicorn re-raises the handled SIGTERM once drained
+    assert 0.5 < stopped_after < 10
+    assert log.read_text().splitlines() == ["startup", "shutdown"]
+    with httpx.Client(trust_env=False) as c:
+        try:
+            c.get(g.url + "/health", timeout=2)
+            refused = False
+        except httpx.ConnectError:
+            refused = True
+    assert refused
