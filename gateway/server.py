@@ -32,6 +32,7 @@ from .app import Gateway
 from .config import load_config
 from .control.guard import Guard
 from .control.plane import ControlPlane
+from .http11 import GatewayHttpProtocol
 
 log = logging.getLogger("chatgw")
 
@@ -96,7 +97,8 @@ class DrainingServer(uvicorn.Server):
 def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
     options: dict[str, Any] = {
         "loop": "uvloop",
-        "http": "httptools",
+        # httptools, with each response's head and first body chunk in one write (http11.py)
+        "http": GatewayHttpProtocol,
         "ws": "websockets-sansio",
         "lifespan": "on",
         "access_log": False,
@@ -209,7 +211,7 @@ def serve_reload(
         reload=True,
         reload_dirs=[here, os.path.join(os.path.dirname(here), "modules")],
         loop="uvloop",
-        http="httptools",
+        http=GatewayHttpProtocol,
         access_log=False,
         log_level=log_level,
     )

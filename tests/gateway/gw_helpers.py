@@ -251,7 +251,7 @@ def header_list(echo: dict[str, Any], name: str) -> list[str]:
 
 
 class RssSampler:
-    """Samples a process's resident set size every few ms in a thread; ``growth`` in bytes."""
+    """Samples a process's resident set size every 2 ms in a thread; ``growth`` in bytes."""
 
     def __init__(self, pid: int) -> None:
         self._proc = psutil.Process(pid)
@@ -265,7 +265,7 @@ class RssSampler:
         while not self._stop.is_set():
             self.peak = max(self.peak, self._proc.memory_info().rss)
             self.samples += 1
-            self._stop.wait(0.01)
+            self._stop.wait(0.002)
 
     def __enter__(self) -> RssSampler:
         self._thread.start()

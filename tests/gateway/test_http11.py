@@ -1,0 +1,188 @@
+"""gateway.http11: a response's head and first body chunk leave in one write, nothing later.
+
+A real uvicorn server on a real socket in a thread; the only instrumentation is a count of
+the ``write()`` calls the protocol makes on its transport.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from gateway.http11 import GatewayHttpProtocol
+
+BODY = b'{"ok":true,"pad":"' + b"x" * 380 + b'"}'
+
+
+async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":
+        return
+    path = scope["path"]
+    if path == "/late":  # headers now, the body 0.6 s later (an SSE stream's first event)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.6)
+        await send({"type": "http.response.body", "body": b"data: 1\n\n"})
+        return
+    if path == "/crash":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise RuntimeError("boom after the head")
+    if path == "/empty":
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    if path == "/stream":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for part in (b"a", b"b", b"c"):
+            await send({"type": "http.response.body", "body": part, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+        return
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": BODY})
+
+
+WRITES: list[int] = []
+
+
+class _Counting:
+    def __init__(self, real: asyncio.Transport) -> None:
+        self._real = real
+
+    def write(self, data: bytes) -> None:
+        WRITES.append(len(data))
+        self._real.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._real, name)
+
+
+def _counting(base: type[HttpToolsProtocol]) -> type[HttpToolsProtocol]:
+    class Counted(base):  # type: ignore[valid-type, misc]
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(_Counting(transport))
+
+    return Counted
+
+
+class _Server:
+    def __init__(self, protocol: type[HttpToolsProtocol]) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        cfg = uvicorn.Config(
+            app, loop="uvloop", http=_counting(protocol), lifespan="off", log_level="critical"
+        )
+        self.server = uvicorn.Server(cfg)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def ours() -> Iterator[_Server]:
+    s = _Server(GatewayHttpProtocol)
+    yield s
+    s.stop()
+
+
+def _get(port: int, path: str, method: str = "GET", n: int = 1) -> socket.socket:
+    c = socket.create_connection(("127.0.0.1", port))
+    c.settimeout(5)
+    req = f"{method} {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    c.sendall(req * n)
+    return c
+
+
+def _read_until(c: socket.socket, marker: bytes, deadline_s: float = 5) -> bytes:
+    data = b""
+    end = time.monotonic() + deadline_s
+    while marker not in data:
+        c.settimeout(max(0.01, end - time.monotonic()))
+        chunk = c.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def _writes_for(server: _Server, path: str) -> list[int]:
+    WRITES.clear()
+    with _get(server.port, path) as c:
+        data = _read_until(c, BODY)
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n") and data.endswith(BODY)
+    time.sleep(0.05)
+    return list(WRITES)
+
+
+def test_head_and_body_of_a_small_response_leave_in_one_write(ours: _Server) -> None:
+    writes = _writes_for(ours, "/small")
+    assert len(writes) == 1 and writes[0] > len(BODY)
+
+
+def test_uvicorns_own_protocol_makes_two_writes_for_the_same_response() -> None:
+    # the control: the instrumentation sees the difference this module makes
+    stock = _Server(HttpToolsProtocol)
+    try:
+        assert len(_writes_for(stock, "/small")) == 2
+    finally:
+        stock.stop()
+
+
+def test_headers_are_not_held_while_the_body_is_late(ours: _Server) -> None:
+    with _get(ours.port, "/late") as c:
+        t0 = time.monotonic()
+        head = _read_until(c, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert time.monotonic() - t0 < 0.4  # the body comes 0.6 s after the head
+        rest = head.split(b"\r\n\r\n", 1)[1] + _read_until(c, b"0\r\n\r\n")
+        assert b"data: 1" in rest
+        assert time.monotonic() - t0 >= 0.5
+
+
+def test_a_response_without_body_bytes_still_gets_its_head(ours: _Server) -> None:
+    with _get(ours.port, "/empty") as c:
+        assert _read_until(c, b"\r\n\r\n").startswith(b"HTTP/1.1 204 No Content\r\n")
+    with _get(ours.port, "/small", method="HEAD") as c:
+        head = _read_until(c, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n") and head.endswith(b"\r\n\r\n")
+        assert b"content-length: %d" % len(BODY) in head
+
+
+def test_streamed_chunks_keep_their_order_and_framing(ours: _Server) -> None:
+    with _get(ours.port, "/stream") as c:
+        data = _read_until(c, b"0\r\n\r\n")
+    assert data.split(b"\r\n\r\n", 1)[1] == b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n0\r\n\r\n"
+
+
+def test_pipelined_requests_on_one_connection_each_get_a_whole_response(ours: _Server) -> None:
+    with _get(ours.port, "/small", n=3) as c:
+        data = b""
+        while data.count(BODY) < 3:
+            chunk = c.recv(65536)
+            assert chunk
+            data += chunk
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == 3
+
+
+def test_a_crash_after_the_head_sends_the_head_then_closes(ours: _Server) -> None:
+    with _get(ours.port, "/crash") as c:
+        data = _read_until(c, b"\r\n\r\n")
+        assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+        while chunk := c.recv(65536):  # then EOF: the response is never ended as complete
+            data += chunk
+        assert not data.endswith(b"0\r\n\r\n")
