@@ -118,6 +118,7 @@ class Gateway:
         for pool in self.pools.values():
             await pool.aclose()
         self.pools.clear()
+        self.access_log.flush()
 
     def _ensure_pools(self, config: GatewayConfig) -> None:
         for name, up in config.upstreams.items():

@@ -26,10 +26,11 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 class _HeadHolder:
     """A transport that can hold one write (the response head) for the next one."""
 
-    __slots__ = ("_head", "_hold_next", "_real")
+    __slots__ = ("_head", "_hold_next", "_loop", "_real")
 
-    def __init__(self, real: asyncio.Transport) -> None:
+    def __init__(self, real: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         self._real = real
+        self._loop = loop
         self._head: bytes | None = None
         self._hold_next = False
 
@@ -79,8 +80,8 @@ class CoalescingCycle(RequestResponseCycle):
                 await super().send(message)
             finally:
                 holder._hold_next = False
-            if holder._head is not None:
-                asyncio.get_running_loop().call_soon(holder.flush)
+            if holder._head is not None:  # (the protocol's loop: get_running_loop() is a getpid())
+                holder._loop.call_soon(holder.flush)
             return
         await super().send(message)
 
@@ -91,5 +92,5 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         if type(cycle) is RequestResponseCycle:
             cycle.__class__ = CoalescingCycle
-            cycle.transport = cast(asyncio.Transport, _HeadHolder(cycle.transport))
+            cycle.transport = cast(asyncio.Transport, _HeadHolder(cycle.transport, self.loop))
         super()._start_asgi_task(cycle, app)

@@ -79,11 +79,12 @@ class _Watch:
     and only after 50 ms, so that quick requests never pay for a task.
     """
 
-    __slots__ = ("_handle", "_receive", "_task", "done", "gone", "watcher")
+    __slots__ = ("_handle", "_loop", "_receive", "_task", "done", "gone", "watcher")
 
-    def __init__(self, receive: Receive) -> None:
+    def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop) -> None:
         self._receive = receive
-        self._task = asyncio.current_task()
+        self._loop = loop
+        self._task = asyncio.current_task(loop)  # (with the loop: no getpid() syscall)
         self._handle: asyncio.TimerHandle | None = None
         self.watcher: asyncio.Task[None] | None = None
         self.done = False
@@ -91,11 +92,11 @@ class _Watch:
 
     def arm(self) -> None:
         if self._handle is None and not self.done:
-            self._handle = asyncio.get_running_loop().call_later(0.05, self._start)
+            self._handle = self._loop.call_later(0.05, self._start)
 
     def _start(self) -> None:
         if not self.done:
-            self.watcher = asyncio.get_running_loop().create_task(self._watch())
+            self.watcher = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
         while not self.done:
@@ -153,7 +154,7 @@ async def forward(
     headers added to the client's response. ``on_error(stage)`` counts upstream failures.
     """
     method: str = scope["method"]
-    watch = _Watch(receive)
+    watch = _Watch(receive, pool.loop)
     started = False
     try:
         msg = await receive()

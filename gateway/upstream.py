@@ -503,6 +503,13 @@ class UpstreamPool:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._closed = False
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The event loop this pool runs on (cached: ``get_running_loop()`` is a getpid())."""
+        if self._loop is None:
+            self._loop = asyncio.get_running_loop()
+        return self._loop
+
     async def request(
         self,
         method: str,

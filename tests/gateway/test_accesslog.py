@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import json
 import time
 import uuid
 
 from gw_helpers import make_token
 from websockets.sync.client import connect
+
+from gateway.accesslog import FLUSH_DELAY, MAX_PENDING, AccessLog
 
 
 def _lines_for(gw, rids: set[str], timeout: float = 5) -> list[dict]:
@@ -75,3 +80,55 @@ def test_access_log_never_holds_authorization_cookies_or_query_tokens(gw):
     for secret in (secret_jwt, secret_jwt.split(".")[1], cookie_secret, query_secret):
         assert secret not in out
     assert {line["path"] for line in lines} == {"/echo/secret", "/ws"}
+
+
+class _CountingStream(io.StringIO):
+    """A write-through stream (as stdout is with PYTHONUNBUFFERED=1): each write or flush
+    here is a write() syscall on a real stdout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.flushes = 0
+        self.writes = 0
+
+    def write(self, s: str) -> int:
+        self.writes += 1
+        return super().write(s)
+
+    def flush(self) -> None:
+        self.flushes += 1
+        super().flush()
+
+
+def test_lines_are_flushed_within_the_delay_but_not_once_per_request() -> None:
+    stream = _CountingStream()
+    log = AccessLog(True, stream)
+
+    async def traffic() -> tuple[int, int]:
+        for i in range(50):  # one request per event-loop turn, as under load
+            log.write(b"r%d" % i, "route", "new", "GET", "/p", 200, 0.001, 10)
+            await asyncio.sleep(0)
+        during = stream.writes + stream.flushes
+        await asyncio.sleep(FLUSH_DELAY * 3)
+        return during, stream.writes
+
+    during, writes = asyncio.run(traffic())
+    assert during == 0  # not a write() per request, nor per loop turn
+    assert writes == 1  # and prompt: all 50 lines in one write within the delay
+    assert [json.loads(x)["rid"] for x in stream.getvalue().splitlines()] == [
+        f"r{i}" for i in range(50)
+    ]
+    log.write(b"last", "route", "new", "GET", "/p", 200, 0.001, 10)  # no loop: written at once
+    assert stream.writes == 2 and stream.getvalue().endswith('"bytes":10}\n')
+
+
+def test_a_burst_beyond_max_pending_is_written_without_waiting() -> None:
+    stream = _CountingStream()
+    log = AccessLog(True, stream)
+
+    async def burst() -> int:
+        for i in range(MAX_PENDING // 100 + 10):  # lines are > 100 bytes
+            log.write(b"r%d" % i, "route", "new", "GET", "/p", 200, 0.001, 10)
+        return stream.writes
+
+    assert asyncio.run(burst()) >= 1
