@@ -31,7 +31,14 @@ from .accesslog import AccessLog
 from .config import GatewayConfig, Route
 from .control.window import Window
 from .errors import JSON_CONTENT_TYPE, error_body
-from .headers import REQUEST_ID, WS_HANDSHAKE, end_to_end, new_request_id, valid_request_id
+from .headers import (
+    HOP_BY_HOP,
+    REQUEST_ID,
+    WS_HANDSHAKE,
+    end_to_end,
+    new_request_id,
+    valid_request_id,
+)
 from .metrics import Metrics
 from .modules_host import ModuleHost
 from .routing import BadPath, Router, normalise_path
@@ -45,6 +52,7 @@ log = logging.getLogger("chatgw")
 HEALTH_BODY = orjson.dumps({"status": "ok", "service": "chat-gateway"})
 BACKEND_HEADER = b"x-gateway-backend"
 ABNORMAL_WS_CLOSES = frozenset({1006, 1011})  # RFC 6455 §7.4.1: dropped, server error
+_FORWARDED_PROTO = {"http": b"http", "https": b"https", "ws": b"http", "wss": b"https"}
 
 
 @dataclass(frozen=True)
@@ -54,6 +62,20 @@ class RouteTable:
     config: GatewayConfig
     router: Router
     weights: Mapping[str, int] = field(default_factory=dict)  # route name -> basis points
+
+    # Request headers never forwarded under this config (see Gateway._forward_headers).
+    forward_skip: frozenset[bytes] = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        force = self.config.settings.force_header.encode()
+        skip = HOP_BY_HOP | {
+            force,
+            REQUEST_ID,
+            SHADOW_MARKER,
+            b"x-forwarded-proto",
+            b"x-forwarded-host",
+        }
+        object.__setattr__(self, "forward_skip", skip)
 
     def basis(self, route: Route) -> int:
         return self.weights.get(route.name, route.new_basis)
@@ -195,19 +217,30 @@ class Gateway:
     def _forward_headers(
         self, scope: Scope, rid: bytes, drop: frozenset[bytes]
     ) -> list[tuple[bytes, bytes]]:
-        """End-to-end request headers plus X-Forwarded-* and X-Request-Id."""
-        force = self.table.config.settings.force_header.encode()
-        # The shadow marker is stripped from every client request: only the gateway's own
-        # copies carry it (no client can ask for a dry run or fake a copy).
-        headers = end_to_end(scope["headers"], drop | {force, REQUEST_ID, SHADOW_MARKER})
+        """End-to-end request headers plus X-Forwarded-* and X-Request-Id (one pass).
+
+        Dropped: hop-by-hop headers and those named in ``Connection``, ``Content-Length``
+        beside ``Transfer-Encoding`` (:func:`gateway.headers.end_to_end`'s rules), the
+        client's X-Request-Id, X-Forwarded-Proto/-Host and force header, and the shadow
+        marker: only the gateway's own copies carry it (no client can ask for a dry run
+        or fake a copy). ``drop`` names more.
+        """
+        raw: list[tuple[bytes, bytes]] = scope["headers"]
+        skip = self.table.forward_skip
+        if drop:
+            skip = skip | drop
+        for k, _ in raw:
+            if k == b"connection" or k == b"transfer-encoding":  # rare: the general rules
+                raw = end_to_end(raw, skip)
+                break
         xff = b""
         host = b""
         out = []
-        for k, v in headers:
+        for k, v in raw:
+            if k in skip:
+                continue
             if k == b"x-forwarded-for":
                 xff = v
-                continue
-            if k in (b"x-forwarded-proto", b"x-forwarded-host"):
                 continue
             if k == b"host":
                 host = v
@@ -215,9 +248,8 @@ class Gateway:
         client = scope.get("client")
         ip = str(client[0]).encode() if client else b"unknown"
         scheme = scope.get("scheme", "http")
-        proto = {"ws": b"http", "wss": b"https"}.get(scheme, scheme.encode())
         out.append((b"x-forwarded-for", xff + b", " + ip if xff else ip))
-        out.append((b"x-forwarded-proto", proto))
+        out.append((b"x-forwarded-proto", _FORWARDED_PROTO.get(scheme) or scheme.encode()))
         if host:
             out.append((b"x-forwarded-host", host))
         out.append((REQUEST_ID, rid))
@@ -338,9 +370,16 @@ class Gateway:
         assert route.module is not None
         app, state = self.modules.get(route.module)
         limit = route.body_limit
-        for k, v in headers:
-            if k == b"content-length" and v.isdigit() and int(v) > limit:
-                return 413, await proxy_http.send_error(send, 413, "request body too large", extra)
+        may_have_body = False
+        for k, v in scope["headers"]:
+            if k == b"content-length":
+                if v.isdigit() and int(v) > limit:
+                    return 413, await proxy_http.send_error(
+                        send, 413, "request body too large", extra
+                    )
+                may_have_body = v != b"0"
+            elif k == b"transfer-encoding":
+                may_have_body = True
         box = [0, 0, 0]  # status, bytes out, bytes in
 
         async def receive_limited() -> dict[str, Any]:
@@ -355,13 +394,15 @@ class Gateway:
             if msg["type"] == "http.response.start":
                 box[0] = msg["status"]
                 msg = {**msg, "headers": [*msg.get("headers", ()), *extra]}
-            elif msg["type"] == "http.response.body":
+            else:
                 box[1] += len(msg.get("body", b""))
             await send(msg)
 
+        # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 §6.3):
+        # nothing to count against the limit, so the module gets the server's receive.
         inner = {**scope, "headers": headers, "state": state.copy()}
         try:
-            await app(inner, receive_limited, send_marked)  # type: ignore[arg-type]
+            await app(inner, receive_limited if may_have_body else receive, send_marked)  # type: ignore[arg-type]
         except Exception:
             log.exception("module %s failed on %s %s", route.module, scope["method"], scope["path"])
             if not box[0]:

@@ -1,7 +1,10 @@
 """Prometheus metrics of one gateway process, on its own registry.
 
-Label children are cached per label tuple: ``labels()`` does a dict lookup plus a lock,
-and the hot path calls it several times per request.
+The two series every request touches (``gateway_requests_total`` and the latency
+histogram) are plain counters in dicts, read by a collector at scrape time: the
+``prometheus_client`` children take a mutex per increment, and the gateway counts from its
+one event-loop thread (the admin listener's scrape runs on that loop too). The rest are
+ordinary ``prometheus_client`` metrics.
 
 ==========================================  =================================================
 gateway_requests_total                      route, backend, method, status class (2xx … 5xx)
@@ -16,9 +19,13 @@ gateway_bad_requests_total                  reason (bad_path, body_too_large, no
 
 from __future__ import annotations
 
-from typing import Any
+from bisect import bisect_left
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 # `*_created` series double the output and nothing here reads them.
 disable_created_metrics()
@@ -36,14 +43,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "gateway_requests", "Requests answered, by route, backend, method and status class",
-            ["route", "backend", "method", "status"], registry=r,
-        )  # fmt: skip
-        self.duration = Histogram(
-            "gateway_request_duration_seconds", "Time to the end of the response",
-            ["route", "backend"], buckets=LATENCY_BUCKETS, registry=r,
-        )  # fmt: skip
+        self._requests = _RequestCounts()
+        r.register(self._requests)
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures by the stage they happened in",
             ["route", "upstream", "stage"], registry=r,
@@ -63,19 +64,68 @@ class Metrics:
         self.bad_requests = Counter(
             "gateway_bad_requests", "Requests refused before routing", ["reason"], registry=r
         )
-        self._req: dict[tuple[str, str, str, int], Any] = {}
-        self._dur: dict[tuple[str, str], Any] = {}
+
+    def observe(self, route: str, backend: str, method: str, status: int, seconds: float) -> None:
+        """Count one answered request and its duration (no locks; see the module doc)."""
+        self._requests.observe(route, backend, method, status, seconds)
+
+
+class _Series:
+    __slots__ = ("buckets", "count", "total")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # per bucket, not cumulative; +Inf
+        self.count = 0
+        self.total = 0.0
+
+
+class _RequestCounts(Collector):
+    """``gateway_requests_total`` and ``gateway_request_duration_seconds``."""
+
+    def __init__(self) -> None:
+        self._counts: dict[tuple[str, str, str, int], int] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
 
     def observe(self, route: str, backend: str, method: str, status: int, seconds: float) -> None:
         key = (route, backend, method, status)
-        child = self._req.get(key)
-        if child is None:
+        counts = self._counts
+        counts[key] = counts.get(key, 0) + 1
+        series = self._series.get((route, backend))
+        if series is None:
+            series = self._series[(route, backend)] = _Series()
+        series.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        series.count += 1
+        series.total += seconds
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # no duplicate-name check against the registry's other metrics
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "gateway_requests",
+            "Requests answered, by route, backend, method and status class",
+            labels=["route", "backend", "method", "status"],
+        )
+        merged: dict[tuple[str, str, str, str], int] = {}
+        for (route, backend, method, status), n in list(self._counts.items()):
             m = method if method in _METHODS else "OTHER"
             cls = _STATUS_CLASS.get(status // 100, "other")
-            child = self._req[key] = self.requests.labels(route, backend, m, cls)
-        child.inc()
-        dkey = (route, backend)
-        hist = self._dur.get(dkey)
-        if hist is None:
-            hist = self._dur[dkey] = self.duration.labels(route, backend)
-        hist.observe(seconds)
+            key = (route, backend, m, cls)
+            merged[key] = merged.get(key, 0) + n
+        for labels, n in merged.items():
+            requests.add_metric(list(labels), n)
+        yield requests
+        duration = HistogramMetricFamily(
+            "gateway_request_duration_seconds",
+            "Time to the end of the response",
+            labels=["route", "backend"],
+        )
+        bounds = [*map(floatToGoString, LATENCY_BUCKETS), "+Inf"]
+        for (route, backend), series in list(self._series.items()):
+            running = 0
+            buckets = []
+            for bound, n in zip(bounds, series.buckets, strict=True):
+                running += n
+                buckets.append((bound, running))
+            duration.add_metric([route, backend], buckets, series.total)
+        yield duration

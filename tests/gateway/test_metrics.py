@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from gw_helpers import GatewayProc, Upstreams, main_config, metric, spawn_gateway
+from prometheus_client.parser import text_string_to_metric_families
 from websockets.sync.client import connect
 
 TRAFFIC = {
@@ -114,3 +115,44 @@ def test_bad_requests_are_counted_by_reason(fresh):
     _, text = fresh
     assert metric(text, "gateway_bad_requests_total", reason="no_route") == 1
     assert metric(text, "gateway_bad_requests_total", reason="bad_path") == 1
+
+
+def test_lock_free_counts_expose_what_prometheus_client_would() -> None:
+    """The hot-path collector against prometheus_client's own Counter and Histogram fed the
+    same observations: the same series, labels and values in the exposition."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from gateway.metrics import LATENCY_BUCKETS, Metrics
+
+    ours = Metrics()
+    ref_registry = CollectorRegistry()
+    ref_requests = Counter(
+        "gateway_requests", "Requests answered, by route, backend, method and status class",
+        ["route", "backend", "method", "status"], registry=ref_registry,
+    )  # fmt: skip
+    ref_duration = Histogram(
+        "gateway_request_duration_seconds", "Time to the end of the response",
+        ["route", "backend"], buckets=LATENCY_BUCKETS, registry=ref_registry,
+    )  # fmt: skip
+    samples = [("a", "new", "GET", 200, 0.0004), ("a", "new", "GET", 201, 0.001),
+               ("a", "legacy", "BREW", 503, 0.3), ("b", "new", "POST", 404, 75.0),
+               ("a", "new", "GET", 204, 0.0025), ("b", "gateway", "GET", 999, 0.05)]  # fmt: skip
+    for route, backend, method, status, seconds in samples:
+        ours.observe(route, backend, method, status, seconds)
+        m = method if method in {"GET", "POST"} else "OTHER"
+        cls = {2: "2xx", 4: "4xx", 5: "5xx"}.get(status // 100, "other")
+        ref_requests.labels(route, backend, m, cls).inc()
+        ref_duration.labels(route, backend).observe(seconds)
+
+    def series(text: bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        out = {}
+        for fam in text_string_to_metric_families(text.decode()):
+            if fam.name.startswith(("gateway_requests", "gateway_request_duration")):
+                for s in fam.samples:
+                    out[(s.name, frozenset(s.labels.items()))] = round(s.value, 9)
+        return out
+
+    got, want = series(generate_latest(ours.registry)), series(generate_latest(ref_registry))
+    assert got == want
+    assert got[("gateway_requests_total", frozenset({("route", "a"), ("backend", "new"),
+                ("method", "GET"), ("status", "2xx")}))] == 3  # fmt: skip
