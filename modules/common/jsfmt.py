@@ -212,6 +212,27 @@ def _js_value(v: Any) -> Any:
     raise TypeError(f"{type(v).__name__} is not JSON-serialisable")
 
 
+def _js_fast(v: Any) -> Any:
+    """:func:`_js_value` without the per-string surrogate checks: orjson refuses a lone
+    surrogate, and :func:`js_dumps` then takes the exact path. The common case (plain
+    strings, small ints, no index-like keys) allocates nothing but the output."""
+    t = type(v)
+    if t is str or t is bool or v is None:
+        return v
+    if t is int:
+        return v if -_MAX_SAFE <= v <= _MAX_SAFE else _js_value(v)
+    if t is dict:
+        if any(k[:1].isdigit() for k in v if type(k) is str):
+            return _js_value(v)  # JavaScript puts array-index keys first
+        return {k: _js_fast(x) for k, x in v.items()}
+    if t is list or t is tuple:
+        return [_js_fast(x) for x in v]
+    return _js_value(v)  # floats, subclasses, the unserialisable
+
+
 def js_dumps(value: Any) -> bytes:
     """``JSON.stringify(value)`` as UTF-8 bytes."""
-    return orjson.dumps(_js_value(value))
+    try:
+        return orjson.dumps(_js_fast(value))
+    except orjson.JSONEncodeError:  # a lone surrogate (or worse): the exact, slow way
+        return orjson.dumps(_js_value(value))

@@ -112,3 +112,36 @@ def test_missing_secret_is_401_and_warns_once(monkeypatch, caplog):
         _unauthorized("Bearer " + token(), secret=None)
         _unauthorized("Bearer " + token(), secret="")
     assert sum("JWT_SECRET_KEY" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_verified_token_is_checked_against_the_clock_again_on_every_use():
+    now = 1_700_000_000
+    tok = token(exp_in=None, exp=now + 10, nbf=now - 5)
+    assert verify_token(tok, SECRET, now=now).sub == "u-1"  # verified, now cached
+    assert (tok, SECRET) in auth_mod._verified
+    with pytest.raises(InvalidToken, match="expired"):
+        verify_token(tok, SECRET, now=now + 10)
+    with pytest.raises(InvalidToken, match="not active"):
+        verify_token(tok, SECRET, now=now - 6)
+    assert verify_token(tok, SECRET, now=now + 9).role == "customer"
+
+
+def test_the_cache_never_accepts_a_token_under_another_secret_nor_keeps_failures():
+    tok = token()
+    assert verify_token(tok, SECRET).sub == "u-1"
+    with pytest.raises(InvalidToken, match="bad signature"):
+        verify_token(tok, "another-secret-of-the-same-length-000000")
+    head, payload, sig = tok.split(".")
+    bad = f"{head}.{payload}.{sig[:-1]}{'A' if sig[-1] != 'A' else 'B'}"
+    for _ in range(2):
+        with pytest.raises(InvalidToken):
+            verify_token(bad, SECRET)
+    assert (bad, SECRET) not in auth_mod._verified
+
+
+def test_the_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(auth_mod, "_VERIFIED_MAX", 3)
+    auth_mod._verified.clear()
+    for i in range(7):
+        verify_token(token(sub=f"u-{i}"), SECRET)
+        assert len(auth_mod._verified) <= 3

@@ -3,11 +3,13 @@ import math
 import shutil
 import subprocess
 
+import orjson
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from tests_support import need
 
+from modules.common import jsfmt
 from modules.common.jsfmt import (
     JSONError,
     js_dumps,
@@ -136,3 +138,21 @@ def test_dumps_matches_node_json_stringify_for_tricky_values():
     )
     expected = json.loads(node.stdout)
     assert [js_dumps(js_loads(s)).decode() for s in samples] == expected
+
+
+_ANY_CHAR = st.characters(exclude_categories=())  # lone surrogates (Cs) too
+_json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=False, allow_infinity=False) | st.text(_ANY_CHAR, max_size=8),
+    lambda children: st.lists(children, max_size=4)
+    | st.dictionaries(st.text(_ANY_CHAR, max_size=4) | st.from_regex(r"\A(0|[1-9][0-9]{0,3})\Z"),
+                      children, max_size=4),
+    max_leaves=20,
+)  # fmt: skip
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_trees)
+def test_the_fast_path_writes_exactly_what_the_exact_path_writes(tree):
+    # text() includes lone surrogates, floats and big ints; keys include array indexes
+    assert js_dumps(tree) == orjson.dumps(jsfmt._js_value(tree))
