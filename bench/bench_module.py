@@ -59,3 +59,28 @@ def session_app() -> Any:
     from modules import ModuleContext, get_factory
 
     return get_factory("session")(ModuleContext(dispatcher=None, env=os.environ))
+
+
+def redis_app() -> Starlette:
+    """A bare Starlette endpoint doing the session GET's Redis read (``uvicorn --factory``):
+    issue 9's reference for the in-process session path. Same client library and options
+    as modules/common/store.py, one pool per process; no JWT check, no reshaping."""
+    import os
+
+    import redis.asyncio as aioredis
+    from starlette.responses import JSONResponse
+
+    client = aioredis.Redis.from_url(
+        os.environ["REDIS_URL"], decode_responses=True, max_connections=64
+    )
+
+    async def get_session(request: Request) -> Response:
+        raw = await client.get("session:" + request.path_params["sid"])
+        if raw is None:
+            return JSONResponse({"error": {"code": "not_found"}}, status_code=404)
+        return Response(raw, media_type="application/json")
+
+    async def health(request: Request) -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    return Starlette(routes=[Route("/api/sessions/{sid}", get_session), Route("/health", health)])

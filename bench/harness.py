@@ -12,7 +12,8 @@ Targets, all answering the same 409 bytes of JSON (:mod:`bench.bench_module`) on
 For each: ``wrk -t2 -c50 --latency`` → req/s, p50, p99; the server's CPU (psutil user+system
 delta over the run) / requests, for proxies the proxy alone and Node separately; and p50 at
 one connection (``wrk -t1 -c1``), minus Node's. Ratios against nginx and bare Starlette from
-the same run, PASS/MISS against issue 2's targets, JSON to ``bench/results/latest.json``.
+the same run, PASS/MISS against issues 2 and 9's targets, JSON to ``bench/results/http.json``
+(``rows``: the shape every suite of ``bench/run`` writes, merged by ``bench/summary.py``).
 
 Environment: ``BENCH_DURATION`` (10s), ``BENCH_C1_DURATION`` (3s), ``BENCH_ROUNDS`` (1; each
 target keeps its best round), ``BENCH_QUICK=1`` (2 s runs, smoke test), ``BENCH_ONLY``
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import datetime
 import json
 import os
@@ -53,10 +55,13 @@ PY = str(ROOT / ".venv" / "bin" / "python")
 CONNECTIONS = 50
 TARGET_PROXIED_RPS = 5000
 TARGET_INPROC_SHARE = 0.80
+TARGET_PROXIED_CPU_US = 100  # issue 9, on the machine of design/PERFORMANCE.md
+TARGET_SESSION_SHARE = 0.90
 # The session path (issue 4): GET /api/sessions/{id} on real Redis, the module standalone
 # under uvicorn (the bare reference) vs the same module behind the gateway.
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
 BENCH_JWT_SECRET = "bench-jwt-secret-0123456789-0123456789"
+CONTROL_PREFIX = f"chatgw-bench-{os.getpid()}-{os.urandom(4).hex()}:"
 
 NODE_UPSTREAM = r"""
 const http = require('http');
@@ -344,10 +349,29 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
 
     session_headers: list[str] = []
     session_path = ""
-    if only & {"session", "bare-session"}:
+    if only & {"session", "bare-session", "bare-redis"}:
         session_path, session_headers = seed_session()
+    # A control-plane prefix of this run's own: live weights stored under a shared one by an
+    # earlier run (or a test) would override the routes' percentages, and the "session"
+    # target silently measured the proxied path to Node (fixed 2026-11-24).
     session_env = {"REDIS_URL": BENCH_REDIS_URL, "JWT_SECRET_KEY": BENCH_JWT_SECRET,
-                   "CHATGW_CONTROL_PREFIX": "chatgw-bench:"}  # fmt: skip
+                   "CHATGW_CONTROL_PREFIX": CONTROL_PREFIX}  # fmt: skip
+
+    if "bare-redis" in only:
+        port = free_port()
+        proc = spawn(
+            [PY, "-m", "uvicorn", "bench.bench_module:redis_app", "--factory", "--host",
+             "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http",
+             "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "on"],
+            env={**session_env, "PYTHONPATH": str(ROOT)},
+            log=tmp / "bare-redis.log",
+        )  # fmt: skip
+        url = f"http://127.0.0.1:{port}{session_path}"
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / "bare-redis.log")
+        targets["bare-redis"] = Target(
+            "bare-redis", "bare Starlette endpoint, same Redis GET", url, [proc],
+            headers=session_headers,
+        )  # fmt: skip
 
     if "bare-session" in only:
         port = free_port()
@@ -399,7 +423,31 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
                 headers=session_headers,
             )  # fmt: skip
         targets["_gateway"] = Target("_gateway", access_log, base, [proc])
+        for name, side in (("proxied", "legacy"), ("inproc", "new"), ("session", "new")):
+            if name in targets:
+                check_side(targets[name], side)
     return targets
+
+
+def check_side(t: Target, side: str) -> None:
+    """Refuse to measure a gateway target answered by the wrong side (X-Gateway-Backend)."""
+    req = urllib.request.Request(t.url, headers=dict(h.split(": ", 1) for h in t.headers))
+    with urllib.request.urlopen(req, timeout=5) as r:
+        got = r.headers.get("x-gateway-backend")
+    if got != side:
+        raise RuntimeError(f"{t.name}: answered by {got!r}, expected {side!r} ({t.url})")
+
+
+def drop_control_keys() -> None:
+    """Delete this run's control-plane keys from the bench Redis db."""
+    import redis
+
+    with contextlib.suppress(redis.RedisError):  # Redis gone: nothing to clean
+        client = redis.Redis.from_url(BENCH_REDIS_URL)
+        keys = list(client.scan_iter(match=CONTROL_PREFIX + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
 
 
 def seed_session() -> tuple[str, list[str]]:
@@ -499,32 +547,66 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
         ratios["inproc_cpu_vs_bare"] = i.cpu_us / max(b.cpu_us, 1e-9)
         # What the ratio of req/s would be if each server had a core to itself.
         ratios["inproc_vs_bare_by_cpu"] = b.cpu_us / max(i.cpu_us, 1e-9)
-    sg, sb = results.get("session"), results.get("bare-session")
+    sg, sb, sr = results.get("session"), results.get("bare-session"), results.get("bare-redis")
     if sg and sb:
         ratios["session_rps_vs_module_alone"] = sg.rps / sb.rps
         ratios["session_vs_module_alone_by_cpu"] = sb.cpu_us / max(sg.cpu_us, 1e-9)
+    if sg and sr:
+        ratios["session_rps_vs_bare_redis"] = sg.rps / sr.rps
+        ratios["session_vs_bare_redis_by_cpu"] = sr.cpu_us / max(sg.cpu_us, 1e-9)
     if g:
         ratios["proxied_rps_per_core_by_cpu"] = 1e6 / max(g.cpu_us, 1e-9)
     print()
     for k, v in ratios.items():
-        print(f"{k:<28} {v:9.3f}")
-    targets: dict[str, dict[str, Any]] = {}
+        print(f"{k:<32} {v:9.3f}")
+
+    rows: list[dict[str, Any]] = []
+
+    def row(
+        figure: str,
+        value: float,
+        unit: str,
+        target: str,
+        ok: bool | None,
+        reference: str | None = None,
+        ref_value: float | None = None,
+    ) -> None:
+        rows.append({"figure": figure, "value": round(value, 3), "unit": unit,
+                     "reference": reference,
+                     "ref_value": None if ref_value is None else round(ref_value, 3),
+                     "target": target, "pass": ok})  # fmt: skip
+
     if g:
-        targets["proxied >= 5000 req/s (1 worker)"] = {
-            "value": round(g.rps),
-            "pass": g.rps >= TARGET_PROXIED_RPS,
-        }
+        row("proxied: req/s, 1 worker (issue 2 floor)", g.rps, "req/s", "≥ 5 000",
+            g.rps >= TARGET_PROXIED_RPS)  # fmt: skip
+        row("proxied: gateway CPU per request", g.cpu_us, "µs", "≤ 100 µs",
+            g.cpu_us <= TARGET_PROXIED_CPU_US, "Node direct", node_cpu)  # fmt: skip
+    if g and n:
+        row("proxied: req/s vs nginx", g.rps / n.rps, "×", "≥ 0.25",
+            g.rps / n.rps >= 0.25, "nginx", n.rps)  # fmt: skip
+        row("proxied: p99 at c=50 vs nginx", g.p99_ms / n.p99_ms, "×", "≤ 3",
+            g.p99_ms / n.p99_ms <= 3, "nginx p99 ms", n.p99_ms)  # fmt: skip
+    if g and g.added_c1_p50_us is not None:
+        row("proxied: added p50 at c=1 over direct", g.added_c1_p50_us, "µs", "≤ 100 µs",
+            g.added_c1_p50_us <= 100, "nginx", n.added_c1_p50_us if n else None)  # fmt: skip
     if i and b:
-        share = ratios["inproc_rps_vs_bare"]
-        targets["inproc >= 80 % of bare Starlette req/s"] = {
-            "value": round(share, 3), "pass": share >= TARGET_INPROC_SHARE}  # fmt: skip
+        row("in-process: req/s vs bare Starlette (issue 2)", i.rps / b.rps, "×", "≥ 0.80",
+            i.rps / b.rps >= TARGET_INPROC_SHARE, "bare Starlette", b.rps)  # fmt: skip
+        row("in-process: same, by CPU per request", b.cpu_us / i.cpu_us, "×", "info", None,
+            "bare CPU µs", b.cpu_us)  # fmt: skip
+    if sg and sr:
+        share = sg.rps / sr.rps
+        row("session GET: req/s vs bare Starlette doing the same Redis read", share, "×",
+            "≥ 0.90", share >= TARGET_SESSION_SHARE, "bare-redis req/s", sr.rps)  # fmt: skip
+        row("session GET: same, by CPU per request", sr.cpu_us / sg.cpu_us, "×", "info",
+            None, "bare-redis CPU µs", sr.cpu_us)  # fmt: skip
     if sg and sb:
-        share = ratios["session_rps_vs_module_alone"]
-        targets["session GET >= 80 % of the module alone req/s"] = {
-            "value": round(share, 3), "pass": share >= TARGET_INPROC_SHARE}  # fmt: skip
+        row("session GET: req/s vs the session module alone", sg.rps / sb.rps, "×", "info",
+            None, "module alone req/s", sb.rps)  # fmt: skip
     print()
-    for k, v in targets.items():
-        print(f"{'PASS' if v['pass'] else 'MISS'}  {k}: {v['value']}")
+    for r in rows:
+        mark = {True: "PASS", False: "MISS", None: "    "}[r["pass"]]
+        print(f"{mark}  {r['figure']}: {r['value']:,} {r['unit']}  (target {r['target']})")
     if g and i and b:
         print(
             f"      (by CPU per request, i.e. with a core each: proxied "
@@ -534,15 +616,16 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     bad = [r.name for r in results.values() if r.errors]
     if bad:
         print(f"\nWARNING: non-2xx or socket errors in: {', '.join(bad)} (see JSON)")
-    return {"meta": meta, "results": {k: asdict(r) for k, r in results.items()},
-            "ratios": ratios, "targets": targets}  # fmt: skip
+    return {"name": "hotpath", "meta": meta, "rows": rows,
+            "results": {k: asdict(r) for k, r in results.items()}, "ratios": ratios}  # fmt: skip
 
 
 def main() -> int:
     load_before = os.getloadavg()
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGHUP, _on_signal)
-    atexit.register(stop_all)
+    atexit.register(drop_control_keys)
+    atexit.register(stop_all)  # (atexit runs in reverse: processes stop first)
     if not shutil.which("wrk"):
         sys.exit("bench: wrk missing: apt-get update && apt-get install -y nginx wrk")
     quick = os.environ.get("BENCH_QUICK") == "1" or "--quick" in sys.argv[1:]
@@ -550,7 +633,7 @@ def main() -> int:
     c1_duration = os.environ.get("BENCH_C1_DURATION", "1s" if quick else "3s")
     warmup = "1s" if quick else "2s"
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
-    names = ["node", "nginx", "bare", "proxied", "inproc", "bare-session", "session"]
+    names = ["node", "nginx", "bare", "proxied", "inproc", "bare-redis", "bare-session", "session"]
     only = set(os.environ.get("BENCH_ONLY", ",".join(names)).split(",")) | {"node"}
     profile_targets = os.environ.get("BENCH_PROFILE", "").split(",")
     if "--profile" in sys.argv[1:] or "1" in profile_targets:
@@ -605,7 +688,7 @@ def main() -> int:
                     print(f"top frames by {title} %:")
                     for pct, frame in prof.get(title, [])[:15]:
                         print(f"  {pct:5.1f}  {frame}")
-            out = ROOT / "bench" / "results" / "latest.json"
+            out = ROOT / "bench" / "results" / "http.json"
             out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
             print(f"\nwrote {out.relative_to(ROOT)}")
         finally:
