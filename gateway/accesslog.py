@@ -47,12 +47,14 @@ class AccessLog:
         status: int,
         seconds: float,
         nbytes: int,
+        ts: float | None = None,
     ) -> None:
+        """One line; ``ts``: when the request ended (epoch seconds; default now)."""
         if not self.enabled:
             return
         line = orjson.dumps(
             {
-                "ts": round(time.time(), 3),
+                "ts": round(time.time() if ts is None else ts, 3),
                 "rid": rid.decode("ascii", "replace"),
                 "route": route,
                 "backend": backend,

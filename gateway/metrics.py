@@ -20,7 +20,7 @@ gateway_bad_requests_total                  reason (bad_path, body_too_large, no
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -45,6 +45,7 @@ class Metrics:
         r = self.registry
         self._requests = _RequestCounts()
         r.register(self._requests)
+
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures by the stage they happened in",
             ["route", "upstream", "stage"], registry=r,
@@ -65,6 +66,11 @@ class Metrics:
             "gateway_bad_requests", "Requests refused before routing", ["reason"], registry=r
         )
 
+    def before_collect(self, fn: Callable[[], object]) -> None:
+        """Call ``fn`` before a scrape reads the request counts (the gateway counts in
+        batches: Gateway.flush_records)."""
+        self._requests.before_collect = fn
+
     def observe(self, route: str, backend: str, method: str, status: int, seconds: float) -> None:
         """Count one answered request and its duration (no locks; see the module doc)."""
         self._requests.observe(route, backend, method, status, seconds)
@@ -83,6 +89,7 @@ class _RequestCounts(Collector):
     """``gateway_requests_total`` and ``gateway_request_duration_seconds``."""
 
     def __init__(self) -> None:
+        self.before_collect: Callable[[], object] | None = None
         self._counts: dict[tuple[str, str, str, int], int] = {}
         self._series: dict[tuple[str, str], _Series] = {}
 
@@ -101,6 +108,8 @@ class _RequestCounts(Collector):
         return iter(())  # no duplicate-name check against the registry's other metrics
 
     def collect(self) -> Iterator[Metric]:
+        if self.before_collect is not None:
+            self.before_collect()
         requests = CounterMetricFamily(
             "gateway_requests",
             "Requests answered, by route, backend, method and status class",

@@ -73,13 +73,22 @@ class Window:
         self.seconds = seconds
         self._clock = clock
         self._series: dict[tuple[str, str], _Series] = {}
+        # Called before every read: the gateway records in batches (Gateway.flush_records).
+        self.before_read: Callable[[], None] | None = None
 
-    def record(self, route: str, side: str, status: int, seconds: float) -> None:
+    def now(self) -> float:
+        """The window's clock (``at`` of :meth:`record` is on it)."""
+        return self._clock()
+
+    def record(
+        self, route: str, side: str, status: int, seconds: float, *, at: float | None = None
+    ) -> None:
+        """Count one request that ended at ``at`` on :meth:`now`'s clock (default: now)."""
         key = (route, side)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.seconds)
-        now = int(self._clock())
+        now = int(self._clock() if at is None else at)
         i = now % self.seconds
         if series.stamp[i] != now:
             series.stamp[i] = now
@@ -93,6 +102,8 @@ class Window:
 
     def stats(self, route: str, side: str, seconds: int | None = None) -> Stats:
         """Figures over the last ``seconds`` (default: the whole window) complete or not."""
+        if self.before_read is not None:
+            self.before_read()
         span = min(seconds or self.seconds, self.seconds)
         series = self._series.get((route, side))
         if series is None:
