@@ -40,8 +40,9 @@ def _fail(args: argparse.Namespace, code: int, kind: str, message: str) -> _Exit
 
 
 def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] | None = None,
-         params: dict[str, Any] | None = None) -> Any:  # fmt: skip
-    """One API call; returns the JSON answer or raises _Exit with the documented code."""
+         params: dict[str, Any] | None = None, *, quiet: bool = False) -> Any:  # fmt: skip
+    """One API call; returns the JSON answer or raises _Exit with the documented code
+    (``quiet``: without printing the error; the caller does without the answer)."""
     token = os.environ.get("GATEWAY_ADMIN_TOKEN", "").strip()
     if not token:
         raise _fail(args, UNAUTHORIZED, "no_token", "GATEWAY_ADMIN_TOKEN is not set in this shell")
@@ -65,6 +66,8 @@ def call(args: argparse.Namespace, method: str, path: str, body: dict[str, Any] 
     code = {401: UNAUTHORIZED, 403: UNAUTHORIZED, 404: NOT_FOUND, 503: STORE_DOWN}.get(
         resp.status_code, FAILED
     )
+    if quiet:
+        raise _Exit(code)
     if args.json:
         print(json.dumps(data))
     else:
@@ -107,6 +110,14 @@ def _ramp(r: dict[str, Any] | None) -> str:
     return f"{r['state']} {where} [{steps}] every {r['every_seconds']:g}s"
 
 
+def _guard(g: dict[str, Any] | None) -> str:
+    if not g:
+        return "-"
+    if g["state"] == "red":
+        return f"RED: {g['reason']}"
+    return str(g["state"])
+
+
 def status(args: argparse.Namespace) -> int:
     data = call(args, "GET", "/api/routes")
     if args.route:
@@ -121,16 +132,20 @@ def status(args: argparse.Namespace) -> int:
     print(f"version {data['version']} · store {store['kind']} {store['where']} {state} · "
           f"replica {data['replica']}")  # fmt: skip
     window = data["routes"][0]["window_seconds"] if data["routes"] else 60
+    try:  # the guard's verdict per route (a replica without the guard: "-")
+        guard = call(args, "GET", "/api/guard", quiet=True).get("routes", {})
+    except _Exit:
+        guard = {}
     rows: list[tuple[str, ...]] = [
         ("ROUTE", "% NEW", "DEFAULT", "LEGACY REQ/S", "ERR", "P95", "NEW REQ/S", "ERR", "P95",
-         "RAMP"),
+         "RAMP", "GUARD"),
     ]  # fmt: skip
     for r in data["routes"]:
         pct = _pct(r["percent"]) if r["module"] else "- (no module)"
         if r["override_percent"] is not None and r["module"]:
             pct += " *"
         rows.append((r["name"], pct, _pct(r["default_percent"]), *_side(r["sides"]["legacy"]),
-                     *_side(r["sides"]["new"]), _ramp(r["ramp"])))  # fmt: skip
+                     *_side(r["sides"]["new"]), _ramp(r["ramp"]), _guard(guard.get(r["name"]))))  # fmt: skip
     _table(rows)
     print(f"(* live override; figures over the last {window} s on this replica)")
     return OK

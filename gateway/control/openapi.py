@@ -146,6 +146,38 @@ OPENAPI: dict[str, Any] = {
                 },
             }
         },
+        "/api/guard": {
+            "get": {
+                "summary": "Each module route's guard: state (green, red, idle, off), reason, figures",
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "enabled": {"type": "boolean"},
+                    "routes": {"type": "object", "additionalProperties": {
+                        "type": "object", "properties": {
+                            "state": {"type": "string", "enum": ["green", "red", "idle", "off"]},
+                            "reason": {"type": "string"}, "figures": {"type": "object"}}}}}},
+                    "the guard of every route with a module"),
+                    "401": _ERRORS["401"], "403": _ERRORS["403"]},
+            }
+        },
+        "/api/shadow": {
+            "get": {
+                "summary": "Shadow comparison: per route copies, matches, mismatches, errors",
+                "responses": {"200": _json({"type": "object"}, "the shadow figures of this replica"),
+                              "401": _ERRORS["401"], "403": _ERRORS["403"]},
+            }
+        },
+        "/api/shadow/samples": {
+            "get": {
+                "summary": "Recent mismatching pairs (secrets redacted), newest first",
+                "parameters": [
+                    {"name": "route", "in": "query", "schema": {"type": "string"}},
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}},
+                ],
+                "responses": {"200": _json({"type": "object", "properties": {
+                    "data": {"type": "array", "items": {"type": "object"}}}}, "the samples"),
+                    "400": _ERRORS["400"], "401": _ERRORS["401"], "403": _ERRORS["403"]},
+            }
+        },
         "/api/version": {
             "get": {
                 "summary": "The live-weights version applied on this replica (cheap; for probes)",

@@ -11,7 +11,9 @@ from control_helpers import ALICE, CONFIG, TOKEN, api, percent
 
 from gateway.control.api import routes as api_routes
 from gateway.control.auth import Tokens
+from gateway.control.dashboard import routes as dashboard_routes
 from gateway.control.openapi import OPENAPI
+from gateway.shadow.api import routes as shadow_routes
 
 Replicas = Callable[..., list[Any]]
 
@@ -154,7 +156,12 @@ def test_openapi_document_is_valid_and_names_every_endpoint(replicas: Replicas) 
 
 
 def _mounted() -> list[Any]:
-    class _Plane:  # routes() only closes over the plane; nothing is called here
-        pass
+    """Every ``/api`` route the admin listener mounts (control, dashboard, shadow)."""
 
-    return api_routes(_Plane())  # type: ignore[arg-type]
+    class _Plane:  # the routes only close over the plane; nothing is called here
+        tokens = Tokens(())
+        tokens_error = ""
+
+    plane: Any = _Plane()
+    mounted = [*api_routes(plane), *dashboard_routes(plane), *shadow_routes(None, plane)]  # type: ignore[arg-type]
+    return [r for r in mounted if r.path.startswith("/api/")]

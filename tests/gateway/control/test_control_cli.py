@@ -46,6 +46,10 @@ def test_set_status_rollback_audit_as_tables(gw: Any) -> None:
     assert lines[1].split()[:3] == ["ROUTE", "%", "NEW"]
     alpha = next(line for line in lines if line.startswith("alpha"))
     assert alpha.split()[1:3] == ["25", "*"]
+    with api(gw.admin_url) as c:
+        state = c.get("/api/guard").json()["routes"]["alpha"]["state"]
+    assert lines[1].split()[-1] == "GUARD" and alpha.split()[-1] == state
+    assert next(line for line in lines if line.startswith("plain")).split()[-1] == "-"
     assert next(line for line in lines if line.startswith("plain")).split()[1:4] == [
         "-",
         "(no",
