@@ -431,14 +431,20 @@ class Gateway:
             elif k == b"transfer-encoding":
                 may_have_body = True
         box = [0, 0, 0]  # status, bytes out, bytes in
+        # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 §6.3):
+        # nothing to count against the limit, so the module gets the server's receive.
+        if may_have_body:
+            server_receive = receive
 
-        async def receive_limited() -> dict[str, Any]:
-            msg = await receive()
-            if msg["type"] == "http.request":
-                box[2] += len(msg.get("body", b""))
-                if box[2] > limit:
-                    return {"type": "http.disconnect"}
-            return msg  # type: ignore[return-value]
+            async def receive_limited() -> dict[str, Any]:
+                msg = await server_receive()
+                if msg["type"] == "http.request":
+                    box[2] += len(msg.get("body", b""))
+                    if box[2] > limit:
+                        return {"type": "http.disconnect"}
+                return msg  # type: ignore[return-value]
+
+            receive = receive_limited
 
         # Served by gateway.http11 (and no shadow tap on send): the server adds ``extra``
         # to the response head and notes status and size, so ``send`` is not wrapped.
@@ -462,11 +468,9 @@ class Gateway:
 
             marked = send_marked  # type: ignore[assignment]
 
-        # Without Content-Length or Transfer-Encoding a request has no body (RFC 9112 §6.3):
-        # nothing to count against the limit, so the module gets the server's receive.
         inner = {**scope, "headers": headers, "state": state.copy()}
         try:
-            await app(inner, receive_limited if may_have_body else receive, marked)
+            await app(inner, receive, marked)
         except Exception:
             log.exception("module %s failed on %s %s", route.module, scope["method"], scope["path"])
             if notes is not None:

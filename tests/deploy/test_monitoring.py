@@ -24,7 +24,10 @@ UPCOMING = {
 }
 PROMETHEUS_OWN = {"up"}
 
-_DEF = re.compile(r'\b(Counter|Gauge|Histogram|Summary)\(\s*"([a-z_:][a-z0-9_:]*)"', re.S)
+# prometheus_client metrics, and the families a custom collector yields (gateway/metrics.py)
+_DEF = re.compile(
+    r'\b(Counter|Gauge|Histogram|Summary)(?:MetricFamily)?\(\s*"([a-z_:][a-z0-9_:]*)"', re.S
+)
 _SUFFIXES = {
     "Counter": ("_total",),
     "Gauge": ("",),

@@ -73,13 +73,14 @@ def _counting(base: type[HttpToolsProtocol]) -> type[HttpToolsProtocol]:
 
 
 class _Server:
-    def __init__(self, protocol: type[HttpToolsProtocol]) -> None:
+    def __init__(self, protocol: type[HttpToolsProtocol], keep_alive: float = 5) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         cfg = uvicorn.Config(
-            app, loop="uvloop", http=_counting(protocol), lifespan="off", log_level="critical"
-        )
+            app, loop="uvloop", http=_counting(protocol), lifespan="off", log_level="critical",
+            timeout_keep_alive=keep_alive,
+        )  # fmt: skip
         self.server = uvicorn.Server(cfg)
         self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
         self.thread.start()
@@ -186,3 +187,39 @@ def test_a_crash_after_the_head_sends_the_head_then_closes(ours: _Server) -> Non
         while chunk := c.recv(65536):  # then EOF: the response is never ended as complete
             data += chunk
         assert not data.endswith(b"0\r\n\r\n")
+
+
+def _closed_after(c: socket.socket, limit: float) -> float | None:
+    """Seconds until the server closes ``c`` (EOF), or None if still open after ``limit``."""
+    t0 = time.monotonic()
+    c.settimeout(limit)
+    try:
+        while c.recv(65536):
+            pass
+    except TimeoutError:
+        return None
+    return time.monotonic() - t0
+
+
+def test_idle_keep_alive_connections_close_after_the_timeout_busy_ones_stay() -> None:
+    server = _Server(GatewayHttpProtocol, keep_alive=0.4)
+    try:
+        idle = _get(server.port, "/small")
+        assert _read_until(idle, BODY).endswith(BODY)
+        busy = _get(server.port, "/small")
+        assert _read_until(busy, BODY).endswith(BODY)
+        t0 = time.monotonic()
+        for _ in range(8):  # a request every 0.15 s for 1.2 s: never idle for 0.4 s
+            time.sleep(0.15)
+            busy.sendall(b"GET /small HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert _read_until(busy, BODY).endswith(BODY)
+        # no uvicorn timer per response: the connection is stamped idle for the sweeper
+        (proto,) = [p for p in server.server.server_state.connections if p.idle_since]
+        assert proto.timeout_keep_alive_task is None
+        # the idle one was closed 0.4-0.5 s after its response (one sweep interval late at most)
+        assert _closed_after(idle, 0.1) is not None
+        assert time.monotonic() - t0 > 1.0
+        closed = _closed_after(busy, 2.0)
+        assert closed is not None and 0.3 <= closed <= 0.8
+    finally:
+        server.stop()
