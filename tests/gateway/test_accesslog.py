@@ -132,3 +132,17 @@ def test_a_burst_beyond_max_pending_is_written_without_waiting() -> None:
         return stream.writes
 
     assert asyncio.run(burst()) >= 1
+
+
+def test_every_field_is_valid_json_whatever_the_client_sent() -> None:
+    stream = io.StringIO()
+    log = AccessLog(True, stream)
+    log.write(b'id"with\\quotes', 'route"x', "new", "GET", '/p"\u00e9\ud800\n', 200, 0.0012345, 10,
+              ts=1795490000.1234)  # fmt: skip
+    log.write(b"0123abcd", "r", "legacy", "BREW", "/p", 404, 0.5, 0)
+    first, second = (json.loads(x) for x in stream.getvalue().splitlines())
+    assert first == {"ts": 1795490000.123, "rid": 'id"with\\quotes', "route": 'route"x',
+                     "backend": "new", "method": "GET", "path": '/p"\u00e9\\ud800\n',
+                     "status": 200, "ms": 1.234, "bytes": 10}  # fmt: skip
+    assert (second["rid"], second["method"], second["ms"]) == ("0123abcd", "BREW", 500.0)
+    assert abs(second["ts"] - time.time()) < 5
