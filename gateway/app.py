@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import EllipsisType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -211,15 +212,17 @@ class Gateway:
         client: Any,
         *,
         websocket: bool = False,
+        force: bytes | EllipsisType | None = ...,
     ) -> Side:
-        force_name = self.table.force_name
-        for k, v in headers:
-            if k == force_name:
-                side, reason = check_force_token(self.ops_secret, v.decode("latin-1"))
-                if side is None:
-                    self.metrics.force_rejected.labels(reason).inc()
-                    break
+        """The side for this request; ``force``: the force header's value when the caller
+        already has it from its own pass over the headers (``None``: absent)."""
+        if force is ...:
+            force = next((v for k, v in headers if k == self.table.force_name), None)
+        if force is not None:
+            side, reason = check_force_token(self.ops_secret, force.decode("latin-1"))
+            if side is not None:
                 return side if route.module else "legacy"
+            self.metrics.force_rejected.labels(reason).inc()
         if route.module is None:
             return "legacy"
         basis = self.table.basis(route)
@@ -235,7 +238,17 @@ class Gateway:
     def _forward_headers(
         self, scope: Scope, rid: bytes, drop: frozenset[bytes]
     ) -> list[tuple[bytes, bytes]]:
-        """End-to-end request headers plus X-Forwarded-* and X-Request-Id (one pass).
+        """End-to-end request headers plus X-Forwarded-* and X-Request-Id (see
+        :meth:`_scan_headers`)."""
+        out, _, _ = self._scan_headers(scope, drop)
+        out.append((REQUEST_ID, rid))
+        return out
+
+    def _scan_headers(
+        self, scope: Scope, drop: frozenset[bytes] = frozenset()
+    ) -> tuple[list[tuple[bytes, bytes]], bytes | None, bytes | None]:
+        """One pass over the request headers: the headers to forward (without
+        X-Request-Id), the client's X-Request-Id and the force header's value.
 
         Dropped: hop-by-hop headers and those named in ``Connection``, ``Content-Length``
         beside ``Transfer-Encoding`` (:func:`gateway.headers.end_to_end`'s rules), the
@@ -244,18 +257,22 @@ class Gateway:
         or fake a copy). ``drop`` names more.
         """
         raw: list[tuple[bytes, bytes]] = scope["headers"]
-        skip = self.table.forward_skip
-        if drop:
-            skip = skip | drop
-        for k, _ in raw:
-            if k == b"connection" or k == b"transfer-encoding":  # rare: the general rules
-                raw = end_to_end(raw, skip)
-                break
+        table = self.table
+        skip = table.forward_skip | drop if drop else table.forward_skip
+        force_name = table.force_name
+        client_rid = force = None
+        general = False
         xff = b""
         host = b""
         out = []
         for k, v in raw:
             if k in skip:
+                if k == REQUEST_ID:
+                    client_rid = v if client_rid is None else client_rid
+                elif k == force_name:
+                    force = v if force is None else force
+                elif k == b"connection" or k == b"transfer-encoding":
+                    general = True
                 continue
             if k == b"x-forwarded-for":
                 xff = v
@@ -263,6 +280,11 @@ class Gateway:
             if k == b"host":
                 host = v
             out.append((k, v))
+        if general:  # rare: Connection-named headers and framing, by the general rules
+            e2e = end_to_end(raw, skip)
+            xff = next((v for k, v in reversed(e2e) if k == b"x-forwarded-for"), b"")
+            host = next((v for k, v in reversed(e2e) if k == b"host"), b"")
+            out = [(k, v) for k, v in e2e if k != b"x-forwarded-for"]
         client = scope.get("client")
         ip = _client_ip(client[0]) if client else b"unknown"
         scheme = scope.get("scheme", "http")
@@ -270,8 +292,7 @@ class Gateway:
         out.append((b"x-forwarded-proto", _FORWARDED_PROTO.get(scheme) or scheme.encode()))
         if host:
             out.append((b"x-forwarded-host", host))
-        out.append((REQUEST_ID, rid))
-        return out
+        return out, client_rid, force
 
     # ----------------------------------------------------------------- ASGI
 
@@ -310,7 +331,9 @@ class Gateway:
         t0 = time.perf_counter()
         method: str = scope["method"]
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
-        rid = self._request_id(scope["headers"])
+        headers, client_rid, force = self._scan_headers(scope)
+        rid = client_rid if client_rid and valid_request_id(client_rid) else new_request_id()
+        headers.append((REQUEST_ID, rid))
         extra = [(REQUEST_ID, rid)]
         if (raw == b"/health" or raw == b"/health/") and method in ("GET", "HEAD"):
             start, body = proxy_http.json_response_messages(200, HEALTH_BODY, extra)
@@ -333,11 +356,11 @@ class Gateway:
             return
         route = found.route
         side = self.decide(
-            route, scope["headers"], scope["query_string"], found.params, scope.get("client")
-        )
+            route, scope["headers"], scope["query_string"], found.params, scope.get("client"),
+            force=force,
+        )  # fmt: skip
         if table.config.settings.backend_header:
             extra.append((BACKEND_HEADER, b"new" if side == "new" else b"legacy"))
-        headers = self._forward_headers(scope, rid, frozenset())
         tap = None
         if route.shadow is not None or self.shadow.recording:
             tap = self.shadow.begin(route, side, scope)

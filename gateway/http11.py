@@ -186,6 +186,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     idle_since: float | None = None  # loop time of the last response, None while busy
     _holder: _HeadHolder | None = None
+    _idle_sweeper: _IdleSweeper | None = None
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
@@ -207,7 +208,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         else:
             self.idle_since = self.loop.time()
-            self._sweeper().add(self)
+            sweeper = self._idle_sweeper
+            if sweeper is None:
+                sweeper = self._idle_sweeper = self._sweeper()
+            sweeper.add(self)
 
     def _flusher(self) -> _HeadFlusher:
         state: Any = self.server_state

@@ -223,3 +223,29 @@ def test_on_the_gateways_protocol_extras_status_and_size_come_from_the_server(tm
         ("/mod/created", 201, len(BODY))
     ]
     assert logged[1]["status"] == 500 and logged[1]["bytes"] > 0
+
+
+def test_one_pass_over_the_headers_forwards_what_the_rules_say(tmp_path):
+    gw = Gateway(_config(tmp_path), env={}, access_log=AccessLog(False))
+    scope = _scope("/mod/a")
+    scope["headers"] = [
+        (b"host", b"front"), (b"x-request-id", b"first"), (b"x-request-id", b"second"),
+        (gw.table.force_name, b"token-1"), (b"x-forwarded-for", b"1.1.1.1"),
+        (b"x-forwarded-proto", b"https"), (b"keep-alive", b"5"), (b"x-app", b"kept"),
+    ]  # fmt: skip
+    out, rid, force = gw._scan_headers(scope)
+    assert (rid, force) == (b"first", b"token-1")
+    assert out == [(b"host", b"front"), (b"x-app", b"kept"),
+                   (b"x-forwarded-for", b"1.1.1.1, 10.0.0.1"), (b"x-forwarded-proto", b"http"),
+                   (b"x-forwarded-host", b"front")]  # fmt: skip
+    # Connection names more hop-by-hop headers (here even Host and X-Forwarded-For), and
+    # Transfer-Encoding voids Content-Length: the general rules, as before
+    scope["headers"] = [
+        (b"host", b"front"), (b"connection", b"x-secret, host, x-forwarded-for"),
+        (b"x-secret", b"s"), (b"x-forwarded-for", b"1.1.1.1"), (b"transfer-encoding", b"chunked"),
+        (b"content-length", b"10"), (b"x-app", b"kept"),
+    ]  # fmt: skip
+    out, rid, force = gw._scan_headers(scope)
+    assert (rid, force) == (None, None)
+    assert out == [(b"x-app", b"kept"), (b"x-forwarded-for", b"10.0.0.1"),
+                   (b"x-forwarded-proto", b"http")]  # fmt: skip
