@@ -27,10 +27,8 @@ from __future__ import annotations
 import atexit
 import collections
 import contextlib
-import datetime
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -50,6 +48,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_module import BODY  # noqa: E402
+from bench.common import row, run_meta, write_results  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 CONNECTIONS = 50
@@ -520,20 +519,20 @@ def _f(v: float | None, fmt: str) -> str:
 
 def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     node_cpu = results["node"].cpu_us if "node" in results else None
-    rows = [("target", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "× Node CPU", "Node µs/req",
-             "c=1 +p50 µs")]  # fmt: skip
+    table = [("target", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "× Node CPU", "Node µs/req",
+              "c=1 +p50 µs")]  # fmt: skip
     for r in results.values():
         rel = r.cpu_us / node_cpu if node_cpu else None
-        rows.append((r.label, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
-                     f"{r.cpu_us:.0f}", _f(rel, ".1f"), _f(r.upstream_cpu_us, ".0f"),
-                     _f(r.added_c1_p50_us, "+.0f")))  # fmt: skip
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for i, row in enumerate(rows):
-        cells = [row[0].ljust(widths[0])] + [
-            c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)
+        table.append((r.label, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
+                      f"{r.cpu_us:.0f}", _f(rel, ".1f"), _f(r.upstream_cpu_us, ".0f"),
+                      _f(r.added_c1_p50_us, "+.0f")))  # fmt: skip
+    widths = [max(len(line[col]) for line in table) for col in range(len(table[0]))]
+    for n_line, line in enumerate(table):
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
         ]
         print("  ".join(cells))
-        if i == 0:
+        if n_line == 0:
             print("  ".join("-" * w for w in widths))
 
     ratios: dict[str, float] = {}
@@ -562,7 +561,7 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
 
     rows: list[dict[str, Any]] = []
 
-    def row(
+    def add(
         figure: str,
         value: float,
         unit: str,
@@ -571,42 +570,40 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
         reference: str | None = None,
         ref_value: float | None = None,
     ) -> None:
-        rows.append({"figure": figure, "value": round(value, 3), "unit": unit,
-                     "reference": reference,
-                     "ref_value": None if ref_value is None else round(ref_value, 3),
-                     "target": target, "pass": ok})  # fmt: skip
+        rows.append(row(figure, value, unit, target, reference=reference, ref_value=ref_value,
+                        ok=ok))  # fmt: skip
 
     if g:
-        row("proxied: req/s, 1 worker (issue 2 floor)", g.rps, "req/s", "≥ 5 000",
+        add("proxied: req/s, 1 worker (issue 2 floor)", g.rps, "req/s", "≥ 5 000",
             g.rps >= TARGET_PROXIED_RPS)  # fmt: skip
-        row("proxied: gateway CPU per request", g.cpu_us, "µs", "≤ 100 µs",
+        add("proxied: gateway CPU per request", g.cpu_us, "µs", "≤ 100 µs",
             g.cpu_us <= TARGET_PROXIED_CPU_US, "Node direct", node_cpu)  # fmt: skip
     if g and n:
-        row("proxied: req/s vs nginx", g.rps / n.rps, "×", "≥ 0.25",
+        add("proxied: req/s vs nginx", g.rps / n.rps, "×", "≥ 0.25",
             g.rps / n.rps >= 0.25, "nginx", n.rps)  # fmt: skip
-        row("proxied: p99 at c=50 vs nginx", g.p99_ms / n.p99_ms, "×", "≤ 3",
+        add("proxied: p99 at c=50 vs nginx", g.p99_ms / n.p99_ms, "×", "≤ 3",
             g.p99_ms / n.p99_ms <= 3, "nginx p99 ms", n.p99_ms)  # fmt: skip
     if g and g.added_c1_p50_us is not None:
-        row("proxied: added p50 at c=1 over direct", g.added_c1_p50_us, "µs", "≤ 100 µs",
+        add("proxied: added p50 at c=1 over direct", g.added_c1_p50_us, "µs", "≤ 100 µs",
             g.added_c1_p50_us <= 100, "nginx", n.added_c1_p50_us if n else None)  # fmt: skip
     if i and b:
-        row("in-process: req/s vs bare Starlette (issue 2)", i.rps / b.rps, "×", "≥ 0.80",
+        add("in-process: req/s vs bare Starlette (issue 2)", i.rps / b.rps, "×", "≥ 0.80",
             i.rps / b.rps >= TARGET_INPROC_SHARE, "bare Starlette", b.rps)  # fmt: skip
-        row("in-process: same, by CPU per request", b.cpu_us / i.cpu_us, "×", "info", None,
+        add("in-process: same, by CPU per request", b.cpu_us / i.cpu_us, "×", "info", None,
             "bare CPU µs", b.cpu_us)  # fmt: skip
     if sg and sr:
         share = sg.rps / sr.rps
-        row("session GET: req/s vs bare Starlette doing the same Redis read", share, "×",
+        add("session GET: req/s vs bare Starlette doing the same Redis read", share, "×",
             "≥ 0.90", share >= TARGET_SESSION_SHARE, "bare-redis req/s", sr.rps)  # fmt: skip
-        row("session GET: same, by CPU per request", sr.cpu_us / sg.cpu_us, "×", "info",
+        add("session GET: same, by CPU per request", sr.cpu_us / sg.cpu_us, "×", "info",
             None, "bare-redis CPU µs", sr.cpu_us)  # fmt: skip
     if sg and sb:
-        row("session GET: req/s vs the session module alone", sg.rps / sb.rps, "×", "info",
+        add("session GET: req/s vs the session module alone", sg.rps / sb.rps, "×", "info",
             None, "module alone req/s", sb.rps)  # fmt: skip
     print()
-    for r in rows:
-        mark = {True: "PASS", False: "MISS", None: "    "}[r["pass"]]
-        print(f"{mark}  {r['figure']}: {r['value']:,} {r['unit']}  (target {r['target']})")
+    for fig in rows:
+        mark = {True: "PASS", False: "MISS", None: "    "}[fig["pass"]]
+        print(f"{mark}  {fig['figure']}: {fig['value']:,} {fig['unit']}  (target {fig['target']})")
     if g and i and b:
         print(
             f"      (by CPU per request, i.e. with a core each: proxied "
@@ -616,7 +613,7 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     bad = [r.name for r in results.values() if r.errors]
     if bad:
         print(f"\nWARNING: non-2xx or socket errors in: {', '.join(bad)} (see JSON)")
-    return {"name": "hotpath", "meta": meta, "rows": rows,
+    return {"meta": meta, "rows": rows,
             "results": {k: asdict(r) for k, r in results.items()}, "ratios": ratios}  # fmt: skip
 
 
@@ -660,16 +657,8 @@ def main() -> int:
             for r in results.values():
                 if r.name != "node":
                     r.added_c1_p50_us = (r.c1_p50_ms - node.c1_p50_ms) * 1000
-            nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
             meta = {
-                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "host": platform.node(),
-                "cpus": os.cpu_count(),
-                "cpu_model": _cpu_model(),
-                "load_avg_before": load_before,
-                "python": platform.python_version(),
-                "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
-                "nginx": nginx_v.strip(),
+                **run_meta(load_before, "node", "nginx"),
                 "wrk": f"-t2 -c{CONNECTIONS} -d{duration} --latency (warm-up {warmup}); c=1: -t1 -c1 -d{c1_duration}",
                 "rounds": rounds,
                 "access_log": gw.label if gw else None,
@@ -688,22 +677,11 @@ def main() -> int:
                     print(f"top frames by {title} %:")
                     for pct, frame in prof.get(title, [])[:15]:
                         print(f"  {pct:5.1f}  {frame}")
-            out = ROOT / "bench" / "results" / "http.json"
-            out.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+            out = write_results("http", data)
             print(f"\nwrote {out.relative_to(ROOT)}")
         finally:
             stop_all()
     return 0
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 if __name__ == "__main__":

@@ -79,11 +79,9 @@ from __future__ import annotations
 import argparse
 import atexit
 import collections
-import datetime
 import importlib
 import json
 import os
-import platform
 import re
 import shutil
 import signal
@@ -108,6 +106,8 @@ sys.path.insert(0, str(ROOT))
 # mypy follows a ``from`` import and would report harness.py's own type errors against this
 # file. The annotations keep the call sites checked.
 _harness = importlib.import_module("bench.harness")
+from bench.common import run_meta  # noqa: E402
+
 spawn: Callable[..., psutil.Process] = _harness.spawn  # own process group; stop_all stops it
 stop_all: Callable[[], None] = _harness.stop_all
 free_port: Callable[[], int] = _harness.free_port
@@ -810,16 +810,8 @@ def main() -> int:
                         )
             for f in figs.values():
                 f.summarise()
-            nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
             meta: dict[str, Any] = {
-                "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-                "host": platform.node(),
-                "cpus": os.cpu_count(),
-                "load_avg_before": load_before,
-                "load_avg_after": os.getloadavg(),
-                "python": platform.python_version(),
-                "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
-                "nginx": nginx_v.strip(),
+                **run_meta(load_before, "node", "nginx"),
                 "quick": args.quick,
                 "body_mib": mib,
                 "rounds": rounds,

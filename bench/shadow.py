@@ -51,10 +51,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import atexit
-import datetime
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -66,8 +64,11 @@ from collections.abc import Generator
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 sys.path.insert(0, os.path.join(ROOT, "tests", "shadow"))
+
+from bench.common import row, run_meta  # noqa: E402
 
 SHADOW = "{percent: %s, compare: {normalise: [timestamp], ignore: ['$.nonce']}}"
 WARMUP = 500
@@ -183,21 +184,6 @@ def scrape(admin: str, name: str) -> float:
             if line.startswith(name + " "):
                 return float(line.split()[1])
     return 0.0
-
-
-def row(
-    figure: str,
-    value: float,
-    unit: str,
-    target: str,
-    *,
-    reference: str | None = None,
-    ref_value: float | None = None,
-    ok: bool | None = None,
-) -> dict[str, Any]:
-    return {"figure": figure, "value": round(value, 4), "unit": unit, "reference": reference,
-            "ref_value": None if ref_value is None else round(ref_value, 4),
-            "target": target, "pass": ok}  # fmt: skip
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -371,12 +357,7 @@ def main() -> int:
     print("RESULT:", "PASS" if ok else "MISS", "(within 5 % of shadowing off)")
 
     meta = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(),
-        "python": platform.python_version(),
+        **run_meta(load_before),
         "quick": args.quick,
         "requests_per_round": requests,
         "rounds": rounds,

@@ -68,16 +68,13 @@ import asyncio
 import atexit
 import bisect
 import collections
-import datetime
 import importlib
 import json
 import multiprocessing
 import os
-import platform
 import random
 import resource
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -97,13 +94,14 @@ sys.path.insert(0, str(ROOT))
 # bench.harness, imported by name rather than `from bench.harness import ...` so that mypy
 # does not follow it into that file's own type errors (`mypy bench/websocket.py` stays clean).
 _harness = importlib.import_module("bench.harness")
+from bench.common import row, run_meta  # noqa: E402
+
 spawn: Callable[..., psutil.Process] = _harness.spawn
 stop_all: Callable[[], None] = _harness.stop_all
 free_port: Callable[[], int] = _harness.free_port
 wait_ready: Callable[..., None] = _harness.wait_ready
 cpu_seconds: Callable[[list[psutil.Process]], float] = _harness.cpu_seconds
 _on_signal: Callable[[int, Any], None] = _harness._on_signal
-_cpu_model: Callable[[], str] = _harness._cpu_model
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 CHATGW = str(ROOT / ".venv" / "bin" / "chatgw")
@@ -750,15 +748,6 @@ def relay(
 # -- report ---------------------------------------------------------------------------------
 
 
-def row(
-    figure: str, value: float, unit: str, *, reference: str | None = None,
-    ref_value: float | None = None, target: str = "–", ok: bool | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    return {"figure": figure, "value": round(value, 3), "unit": unit, "reference": reference,
-            "ref_value": None if ref_value is None else round(ref_value, 3), "target": target,
-            "pass": ok}  # fmt: skip
-
-
 def print_table(rows: list[dict[str, Any]]) -> None:
     def num(v: float) -> str:
         if abs(v) >= 1000 or (abs(v) >= 10 and float(v).is_integer()):
@@ -876,14 +865,7 @@ def main() -> int:
     if uss_kib is None:
         rows.pop(1)
     meta = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(),
-        "python": platform.python_version(),
-        "node": subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip(),
+        **run_meta(load_before, "node"),
         "quick": args.quick,
         "tracemalloc": args.tracemalloc,
         "nofile": {"bench": list(nofile), "gateway": list(gw_nofile), "note": nofile_note,

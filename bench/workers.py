@@ -83,7 +83,6 @@ import concurrent.futures
 import datetime
 import json
 import os
-import platform
 import resource
 import signal
 import socket
@@ -102,6 +101,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import cpu_model, row, run_meta  # noqa: E402
 from bench.harness import (  # noqa: E402
     BENCH_JWT_SECRET,
     BENCH_REDIS_URL,
@@ -474,21 +474,6 @@ def balance_probe(f: Fleet, n: int) -> list[int]:
 # -- report ---------------------------------------------------------------------------------
 
 
-def row(
-    figure: str,
-    value: float,
-    unit: str,
-    target: str,
-    *,
-    reference: str | None = None,
-    ref_value: float | None = None,
-    ok: bool | None = None,
-) -> dict[str, Any]:
-    return {"figure": figure, "value": round(value, 4), "unit": unit, "reference": reference,
-            "ref_value": None if ref_value is None else round(ref_value, 4),
-            "target": target, "pass": ok}  # fmt: skip
-
-
 def print_runs(runs: list[Run]) -> None:
     head = ("run", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "Node µs/req", "requests/worker",
             "conns/worker", "CPU s/worker")  # fmt: skip
@@ -515,16 +500,6 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         ref = f"  (vs {r['reference']}: {r['ref_value']:g})" if r["ref_value"] is not None else ""
         print(f"{mark}  {r['figure']:<{w}}  {r['value']:>10.3f} {r['unit']:<7} "
               f"[{r['target']}]{ref}")  # fmt: skip
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def main() -> int:
@@ -697,7 +672,7 @@ def main() -> int:
                         max(probe), "share", "info (0.5 ideal)"))  # fmt: skip
 
     print(f"\n{datetime.datetime.now().astimezone():%Y-%m-%d %H:%M}  {os.cpu_count()} CPUs "
-          f"{_cpu_model()}  load {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after  "
+          f"{cpu_model()}  load {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after  "
           f"wrk -t2 -c{conns} -d{seconds:g}s (warm-up {warmup:g}s) × {args.rounds} round(s)\n")  # fmt: skip
     print_runs(list(runs.values()))
     print_rows(rows)
@@ -719,13 +694,7 @@ def main() -> int:
           f"{two.rps / one.rps:.2f}× req/s on shared cores (understated)")  # fmt: skip
 
     meta = {
-        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "cpus": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "load_avg_before": load_before,
-        "load_avg_after": os.getloadavg(),
-        "python": platform.python_version(),
+        **run_meta(load_before),
         "wrk": f"-t2 -c{conns} -d{seconds:g}s --latency (warm-up {warmup:g}s)",
         "quick": args.quick,
         "quota_cores_per_worker": args.quota if quota else None,

@@ -1,0 +1,76 @@
+"""What every bench suite shares: the result row, the run's metadata, the results file.
+
+Every suite writes ``bench/results/<name>.json`` as ``{"name", "rows", "meta"}`` with rows
+made by :func:`row`; ``bench/summary.py`` prints them all as one table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def row(
+    figure: str,
+    value: float,
+    unit: str,
+    target: str = "–",
+    *,
+    reference: str | None = None,
+    ref_value: float | None = None,
+    ok: bool | None = None,
+) -> dict[str, Any]:
+    """One figure: ``ok`` is PASS/MISS against ``target``, ``None`` for information."""
+    return {"figure": figure, "value": round(value, 4), "unit": unit, "reference": reference,
+            "ref_value": None if ref_value is None else round(ref_value, 4),
+            "target": target, "pass": ok}  # fmt: skip
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(argv: list[str]) -> str:
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+    return (done.stdout or done.stderr).strip()  # (nginx -v prints on stderr)
+
+
+def run_meta(load_before: tuple[float, float, float], *tools: str) -> dict[str, Any]:
+    """When and where a suite ran, and the versions of ``tools`` ("node", "nginx")."""
+    meta: dict[str, Any] = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "cpu_model": cpu_model(),
+        "load_avg_before": load_before,
+        "load_avg_after": os.getloadavg(),
+        "python": platform.python_version(),
+    }
+    flags = {"node": "--version", "nginx": "-v"}
+    for tool in tools:
+        meta[tool] = _version([tool, flags.get(tool, "--version")])
+    return meta
+
+
+def write_results(name: str, data: dict[str, Any]) -> Path:
+    """``bench/results/<name>.json`` (``data`` holds at least ``rows`` and ``meta``)."""
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    out.write_text(json.dumps({"name": name, **data}, indent=2, ensure_ascii=False) + "\n")
+    return out
