@@ -356,37 +356,24 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
     session_env = {"REDIS_URL": BENCH_REDIS_URL, "JWT_SECRET_KEY": BENCH_JWT_SECRET,
                    "CHATGW_CONTROL_PREFIX": CONTROL_PREFIX}  # fmt: skip
 
-    if "bare-redis" in only:
+    # The two references of the session GET, each a uvicorn --factory app on real Redis.
+    for name, factory, label in (
+        ("bare-redis", "redis_app", "bare Starlette endpoint, same Redis GET"),
+        ("bare-session", "session_app", "session module alone (Redis GET)"),
+    ):
+        if name not in only:
+            continue
         port = free_port()
         proc = spawn(
-            [PY, "-m", "uvicorn", "bench.bench_module:redis_app", "--factory", "--host",
+            [PY, "-m", "uvicorn", f"bench.bench_module:{factory}", "--factory", "--host",
              "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http",
              "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "on"],
             env={**session_env, "PYTHONPATH": str(ROOT)},
-            log=tmp / "bare-redis.log",
+            log=tmp / f"{name}.log",
         )  # fmt: skip
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / f"{name}.log")
         url = f"http://127.0.0.1:{port}{session_path}"
-        wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / "bare-redis.log")
-        targets["bare-redis"] = Target(
-            "bare-redis", "bare Starlette endpoint, same Redis GET", url, [proc],
-            headers=session_headers,
-        )  # fmt: skip
-
-    if "bare-session" in only:
-        port = free_port()
-        proc = spawn(
-            [PY, "-m", "uvicorn", "bench.bench_module:session_app", "--factory", "--host",
-             "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http",
-             "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "on"],
-            env={**session_env, "PYTHONPATH": str(ROOT)},
-            log=tmp / "bare-session.log",
-        )  # fmt: skip
-        url = f"http://127.0.0.1:{port}{session_path}"
-        wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / "bare-session.log")
-        targets["bare-session"] = Target(
-            "bare-session", "session module alone (Redis GET)", url, [proc],
-            headers=session_headers,
-        )  # fmt: skip
+        targets[name] = Target(name, label, url, [proc], headers=session_headers)
 
     if only & {"proxied", "inproc", "session"}:
         port, admin = free_port(), free_port()
