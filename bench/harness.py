@@ -76,6 +76,7 @@ s.keepAliveTimeout = 60000;
 s.listen(Number(process.env.BENCH_PORT), '127.0.0.1', () => console.log('ready'));
 """
 
+# ``server_extra`` and ``location_extra``: more directives (bench/large_body.py streams).
 NGINX_CONF = """
 worker_processes 1;
 daemon off;
@@ -92,11 +93,11 @@ http {{
     scgi_temp_path {tmp}/scgi;
     upstream node {{ server 127.0.0.1:{node_port}; keepalive 64; }}
     server {{
-        listen 127.0.0.1:{port};
+        listen 127.0.0.1:{port};{server_extra}
         location / {{
             proxy_pass http://node;
             proxy_http_version 1.1;
-            proxy_set_header Connection "";
+            proxy_set_header Connection "";{location_extra}
         }}
     }}
 }}
@@ -325,7 +326,11 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
             sys.exit("bench: nginx missing: apt-get update && apt-get install -y nginx wrk")
         port = free_port()
         conf = tmp / "nginx.conf"
-        conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, node_port=node_port))
+        conf.write_text(
+            NGINX_CONF.format(
+                tmp=tmp, port=port, node_port=node_port, server_extra="", location_extra=""
+            )
+        )
         proc = spawn(
             [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
             log=tmp / "nginx.log",

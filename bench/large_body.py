@@ -168,36 +168,13 @@ s.requestTimeout = 0;
 s.listen(Number(process.env.BENCH_PORT), '127.0.0.1', () => console.log('ready'));
 """
 
-NGINX_CONF = """
-worker_processes 1;
-daemon off;
-master_process on;
-pid {tmp}/nginx.pid;
-error_log {tmp}/nginx-error.log warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    upstream node {{ server 127.0.0.1:{node_port}; keepalive 64; }}
-    server {{
-        listen 127.0.0.1:{port};
-        client_max_body_size 0;
-        location / {{
-            proxy_pass http://node;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
+# harness.py's nginx, streaming both ways (and ``--nginx-buffer`` sizes)
+NGINX_SERVER = "\n        client_max_body_size 0;"
+NGINX_LOCATION = """
             proxy_buffering off;
             proxy_request_buffering off;
             proxy_read_timeout 300s;
-            proxy_send_timeout 300s;{buffers}
-        }}
-    }}
-}}
-"""
+            proxy_send_timeout 300s;"""
 
 ROUTES_YAML = """
 settings:
@@ -592,7 +569,12 @@ def start_targets(tmp: Path, nginx_buffer: str | None) -> dict[str, Target]:
             f"\n            proxy_busy_buffers_size {nginx_buffer};"
             f"\n            client_body_buffer_size {nginx_buffer};"
         )
-    conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, node_port=node_port, buffers=buffers))
+    conf.write_text(
+        _harness.NGINX_CONF.format(
+            tmp=tmp, port=port, node_port=node_port, server_extra=NGINX_SERVER,
+            location_extra=NGINX_LOCATION + buffers,
+        )
+    )  # fmt: skip
     proc = spawn(
         [nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "nginx-error.log")],
         log=tmp / "nginx.log",
