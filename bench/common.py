@@ -6,10 +6,12 @@ made by :func:`row`; ``bench/summary.py`` prints them all as one table.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -74,3 +76,26 @@ def write_results(name: str, data: dict[str, Any]) -> Path:
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps({"name": name, **data}, indent=2, ensure_ascii=False) + "\n")
     return out
+
+
+def summarise_stacks(raw: Path, top: int = 25) -> dict[str, Any]:
+    """py-spy's ``--format raw`` file (collapsed stacks) -> the sample count and the top
+    frames by self and by total share, in % of the samples (paths shortened)."""
+    own: collections.Counter[str] = collections.Counter()
+    total: collections.Counter[str] = collections.Counter()
+    samples = 0
+    for line in raw.read_text().splitlines() if raw.exists() else []:
+        stack, _, n = line.rpartition(" ")
+        if not n.isdigit():
+            continue
+        count = int(n)
+        samples += count
+        frames = [re.sub(r" \((.*/)?(site-packages/)?", " (", f) for f in stack.split(";")]
+        own[frames[-1]] += count
+        for f in set(frames):
+            total[f] += count
+
+    def share(c: collections.Counter[str]) -> list[tuple[float, str]]:
+        return [(round(100 * n / max(samples, 1), 1), f) for f, n in c.most_common(top)]
+
+    return {"samples": samples, "self": share(own), "total": share(total)}

@@ -25,7 +25,6 @@ path under load and print its top frames; ``BENCH_PROFILE=proxied,inproc`` names
 from __future__ import annotations
 
 import atexit
-import collections
 import contextlib
 import json
 import os
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_module import BODY  # noqa: E402
-from bench.common import row, run_meta, write_results  # noqa: E402
+from bench.common import row, run_meta, summarise_stacks, write_results  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 CONNECTIONS = 50
@@ -480,26 +479,9 @@ def profile(t: Target, tmp: Path, seconds: int) -> dict[str, Any]:
     time.sleep(0.5)
     wrk(t.url, threads=2, conns=CONNECTIONS, duration=f"{seconds}s")
     spy.wait(timeout=60)
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in raw.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        count = int(n)
-        samples += count
-        frames = [re.sub(r" \((.*/)?(site-packages/)?", " (", f) for f in stack.split(";")]
-        own[frames[-1]] += count
-        for f in set(frames):
-            total[f] += count
     out = ROOT / "bench" / "results" / f"profile-{t.name}.txt"
     out.write_text(raw.read_text())
-
-    def top(c: collections.Counter[str]) -> list[tuple[float, str]]:
-        return [(round(100 * n / max(samples, 1), 1), f) for f, n in c.most_common(25)]
-
-    return {"samples": samples, "self": top(own), "total": top(total), "file": str(out)}
+    return {**summarise_stacks(raw), "file": str(out)}
 
 
 # -- report ---------------------------------------------------------------------------------

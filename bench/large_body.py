@@ -78,11 +78,9 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import collections
 import importlib
 import json
 import os
-import re
 import shutil
 import signal
 import socket
@@ -106,7 +104,7 @@ sys.path.insert(0, str(ROOT))
 # mypy follows a ``from`` import and would report harness.py's own type errors against this
 # file. The annotations keep the call sites checked.
 _harness = importlib.import_module("bench.harness")
-from bench.common import run_meta  # noqa: E402
+from bench.common import row, run_meta, summarise_stacks  # noqa: E402
 
 spawn: Callable[..., psutil.Process] = _harness.spawn  # own process group; stop_all stops it
 stop_all: Callable[[], None] = _harness.stop_all
@@ -653,51 +651,21 @@ def profile(
         busy += client.run(direction, t.port, nbytes).seconds
         transfers += 1
     spy.wait(timeout=60)
-    own: collections.Counter[str] = collections.Counter()
-    total: collections.Counter[str] = collections.Counter()
-    samples = 0
-    for line in raw.read_text().splitlines() if raw.exists() else []:
-        stack, _, n = line.rpartition(" ")
-        if not n.isdigit():
-            continue
-        count = int(n)
-        samples += count
-        frames = [re.sub(r" \((.*/)?(site-packages/)?", " (", f) for f in stack.split(";")]
-        own[frames[-1]] += count
-        for f in set(frames):
-            total[f] += count
-
-    def top(c: collections.Counter[str]) -> list[tuple[float, str]]:
-        return [(round(100 * n / max(samples, 1), 1), f) for f, n in c.most_common(25)]
-
+    summary = summarise_stacks(raw)
+    samples = summary["samples"]
     return {
         "samples": samples,
         "transfers": transfers,
         # py-spy leaves out idle samples (the loop waiting in epoll): samples over the
         # samples it would take in the time transfers ran ≈ how busy the gateway's thread was
         "busy_share": round(samples / max(rate * busy, 1), 3),
-        "self": top(own),
-        "total": top(total),
+        "self": summary["self"],
+        "total": summary["total"],
         "file": str(raw),
     }
 
 
 # -- report ----------------------------------------------------------------------------------
-
-
-def _row(
-    figure: str, value: float, unit: str, reference: str | None, ref_value: float | None,
-    target: str, ok: bool | None,
-) -> dict[str, Any]:  # fmt: skip
-    return {
-        "figure": figure,
-        "value": round(value, 3),
-        "unit": unit,
-        "reference": reference,
-        "ref_value": None if ref_value is None else round(ref_value, 3),
-        "target": target,
-        "pass": ok,
-    }
 
 
 def report(figs: dict[tuple[str, str], Figure], mib: float) -> list[dict[str, Any]]:
@@ -730,21 +698,16 @@ def report(figs: dict[tuple[str, str], Figure], mib: float) -> list[dict[str, An
         share = gw.mib_s / ng.mib_s
         ok_tp = share >= TARGET_SHARE
         ok_mem = gw.growth_mib <= TARGET_GROWTH_MIB
-        rows.append(_row(f"{size} {direction}: gateway throughput", gw.mib_s, "MiB/s", "nginx",
-                         ng.mib_s, "≥ 80 % of nginx", ok_tp))  # fmt: skip
-        rows.append(_row(f"{size} {direction}: gateway memory growth", gw.growth_mib, "MiB",
-                         None, None, "≤ 20 MiB", ok_mem))  # fmt: skip
+        rows.append(row(f"{size} {direction}: gateway throughput", gw.mib_s, "MiB/s", "≥ 80 % of nginx", reference="nginx", ref_value=ng.mib_s, ok=ok_tp))  # fmt: skip
+        rows.append(row(f"{size} {direction}: gateway memory growth", gw.growth_mib, "MiB", "≤ 20 MiB", reference=None, ref_value=None, ok=ok_mem))  # fmt: skip
         verdicts.append((ok_tp, f"{direction}: gateway / nginx throughput {share:.2f} (≥ 0.80)"))
         verdicts.append((ok_mem, f"{direction}: gateway memory growth {gw.growth_mib:.1f} MiB "
                                  f"(≤ {TARGET_GROWTH_MIB:g} MiB; nginx {ng.growth_mib:.1f})"))  # fmt: skip
     for direction in DIRECTIONS:
         nd, ng, gw = (figs[(n, direction)] for n in TARGETS)
-        rows.append(_row(f"{size} {direction}: gateway CPU per transfer", gw.cpu_s, "s",
-                         "nginx", ng.cpu_s, "–", None))  # fmt: skip
-        rows.append(_row(f"{size} {direction}: nginx memory growth", ng.growth_mib, "MiB",
-                         None, None, "–", None))  # fmt: skip
-        rows.append(_row(f"{size} {direction}: Node direct throughput", nd.mib_s, "MiB/s",
-                         None, None, "–", None))  # fmt: skip
+        rows.append(row(f"{size} {direction}: gateway CPU per transfer", gw.cpu_s, "s", "–", reference="nginx", ref_value=ng.cpu_s, ok=None))  # fmt: skip
+        rows.append(row(f"{size} {direction}: nginx memory growth", ng.growth_mib, "MiB", "–", reference=None, ref_value=None, ok=None))  # fmt: skip
+        rows.append(row(f"{size} {direction}: Node direct throughput", nd.mib_s, "MiB/s", "–", reference=None, ref_value=None, ok=None))  # fmt: skip
     print()
     for ok, text in verdicts:
         print(f"{'PASS' if ok else 'MISS'}  {text}")

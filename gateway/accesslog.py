@@ -1,4 +1,4 @@
-"""One JSON line per request on stdout (logger ``chatgw.access``).
+"""One JSON line per request on the gateway's stdout.
 
 Fields: ``ts`` (epoch seconds), ``rid``, ``route``, ``backend``, ``method``, ``path``,
 ``status``, ``ms``, ``bytes``. Never the query string (WebSocket tokens travel there),
@@ -8,14 +8,11 @@ never ``Authorization`` or cookies.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 import time
 from typing import TextIO
 
 import orjson
-
-logger = logging.getLogger("chatgw.access")
 
 # The longest a line waits before it reaches stdout (seconds), and the most bytes held.
 FLUSH_DELAY = 0.05
