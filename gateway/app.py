@@ -65,6 +65,18 @@ def _client_ip(host: object) -> bytes:
     return str(host).encode()
 
 
+_BACKEND_LINES = {v: BACKEND_HEADER + b": " + v + b"\r\n" for v in (b"new", b"legacy")}
+
+
+def _header_lines(extra: list[tuple[bytes, bytes]]) -> bytes:
+    """The gateway's extra response headers as head lines (X-Request-Id, X-Gateway-Backend:
+    the usual pair is joined without a loop)."""
+    if len(extra) == 2 and extra[1][0] is BACKEND_HEADER:
+        (name, rid), (_, side) = extra
+        return name + b": " + rid + b"\r\n" + _BACKEND_LINES[side]
+    return b"".join([k + b": " + v + b"\r\n" for k, v in extra])
+
+
 @dataclass(frozen=True)
 class RouteTable:
     """One consistent view of config + compiled router + live weights (swapped whole)."""
@@ -127,6 +139,9 @@ class Gateway:
         self.metrics.before_collect(self.flush_records)
         self.window.before_read = self.flush_records
         self._publish_weights()
+        # The HTTP half of __call__, for a server that knows the scope type already
+        # (gateway.http11 calls it directly: one coroutine layer less per request).
+        self.asgi_http = self._http
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -477,7 +492,7 @@ class Gateway:
         # ``own``: the extra headers a gateway answer below must carry itself
         own = extra
         if notes is not None:
-            notes.extra_headers, own = extra, []
+            notes.extra_head, own = _header_lines(extra), []
             marked: Send = send
         else:
 

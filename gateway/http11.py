@@ -32,7 +32,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+from uvicorn.protocols.http.httptools_impl import (
+    HEADER_RE,
+    HEADER_VALUE_RE,
+    STATUS_LINE,
+    HttpToolsProtocol,
+    RequestResponseCycle,
+)
 
 
 class _HeadFlusher:
@@ -62,32 +68,24 @@ class _HeadFlusher:
 class _HeadHolder:
     """A transport that can hold one write (the response head) for the next one."""
 
-    __slots__ = ("_extra", "_flusher", "_head", "_hold_next", "_real")
+    __slots__ = ("_flusher", "_head", "_real")
 
     def __init__(self, real: asyncio.Transport, flusher: _HeadFlusher) -> None:
         self._real = real
         self._flusher = flusher
         self._head: bytes | None = None
-        self._hold_next = False
-        self._extra = b""
+
+    def hold(self, head: bytes) -> None:
+        """Keep ``head`` for the next write (or the flusher's next turn)."""
+        self._head = head
+        self._flusher.add(self)
 
     def write(self, data: bytes) -> None:
-        if self._hold_next:
-            self._hold_next = False
-            extra = self._extra
-            # uvicorn's head ends with the blank line: extra header lines go before it
-            self._head = data[:-2] + extra + b"\r\n" if extra else data
-            self._flusher.add(self)
-            return
         head = self._head
         if head is not None:
             self._head = None
             data = head + data
         self._real.write(data)
-
-    def hold_next_write(self, extra: bytes) -> None:
-        self._hold_next = True
-        self._extra = extra
 
     def flush(self) -> None:
         head = self._head
@@ -108,18 +106,43 @@ RESPONSE_NOTES = "chatgw.response"
 
 
 class ResponseNotes:
-    """Headers the app wants on its response head, and what the server sent of it."""
+    """Header lines the app wants on its response head, and what the server sent of it."""
 
-    __slots__ = ("body_bytes", "extra_headers", "status")
+    __slots__ = ("body_bytes", "extra_head", "status")
 
     def __init__(self) -> None:
-        self.extra_headers: list[tuple[bytes, bytes]] | None = None
+        # rendered ``name: value\r\n`` lines, written as they are: the app vouches for them
+        self.extra_head = b""
         self.status = 0  # 0 until the response started
         self.body_bytes = 0
 
 
+# Header names and values uvicorn's checks passed before (the same few recur on every
+# response: content-type, content-length, their usual values): a set lookup instead of two
+# regular-expression searches per header. Bounded, so varied values cannot grow them.
+_NAMES: dict[bytes, bytes] = {}  # valid name -> lower-cased
+_VALUES: set[bytes] = set()
+_KNOWN_MAX = 1024
+_defaults: tuple[object, bytes] = (None, b"")  # (server_state.default_headers, rendered)
+
+
+def _default_head(default_headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The server's own headers (Date, Server), rendered once per list: uvicorn builds a
+    new list when the Date changes, once a second."""
+    global _defaults
+    if _defaults[0] is not default_headers:
+        lines = b"".join([k + b": " + v + b"\r\n" for k, v in default_headers])
+        _defaults = (default_headers, lines)
+    return _defaults[1]
+
+
 class CoalescingCycle(RequestResponseCycle):
-    """A request/response cycle whose response head rides with the first body chunk."""
+    """A request/response cycle whose response head rides with the first body chunk.
+
+    The head and a Content-Length body are written here, as uvicorn's ``send`` writes them
+    (the same checks, errors and keep-alive rules; ``tests/gateway/test_http11.py``);
+    anything else (chunked, HEAD, a paused transport, misuse) goes to uvicorn's ``send``.
+    """
 
     transport: Any
     notes: ResponseNotes
@@ -127,23 +150,89 @@ class CoalescingCycle(RequestResponseCycle):
     async def send(self, message: Any) -> None:
         kind = message["type"]
         if kind == "http.response.body":
-            self.notes.body_bytes += len(message.get("body", b""))
-        elif kind == "http.response.start" and not self.response_started and not self.disconnected:
-            notes = self.notes
-            notes.status = message["status"]
-            extra = notes.extra_headers
-            holder = self.transport
-            # The gateway's own headers (a request id it validated, its backend name) are
-            # written as they are; the app's go through uvicorn's checks.
-            holder.hold_next_write(
-                b"".join([k + b": " + v + b"\r\n" for k, v in extra]) if extra else b""
-            )
-            try:
-                await super().send(message)
-            finally:
-                holder._hold_next = False
+            body = message.get("body", b"")
+            self.notes.body_bytes += len(body)
+            if (
+                self.chunked_encoding is False
+                and self.response_started
+                and not self.response_complete
+                and not self.disconnected
+                and not self.flow.write_paused
+                and self.scope["method"] != "HEAD"
+            ):
+                self._body(body, message.get("more_body", False))
+                return
+        elif kind == "http.response.start" and not self.response_started:
+            if self.flow.write_paused and not self.disconnected:
+                await self.flow.drain()
+            if self.disconnected:
+                return
+            self._head(message)
             return
         await super().send(message)
+
+    def _head(self, message: Any) -> None:
+        # uvicorn's RequestResponseCycle.send for http.response.start, with known-good
+        # headers looked up instead of searched, and the head held for the first body
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status = message["status"]
+        self.notes.status = status
+        content = [STATUS_LINE[status], _default_head(self.default_headers)]
+        has_connection_close = False
+        for name, value in message.get("headers", ()):
+            lower = _NAMES.get(name)
+            if lower is None:
+                if HEADER_RE.search(name):
+                    raise RuntimeError("Invalid HTTP header name.")
+                lower = name.lower()
+                if len(_NAMES) < _KNOWN_MAX:
+                    _NAMES[name] = lower
+            if value not in _VALUES:
+                if HEADER_VALUE_RE.search(value):
+                    raise RuntimeError("Invalid HTTP header value.")
+                if len(_VALUES) < _KNOWN_MAX:
+                    _VALUES.add(value)
+            if lower == b"content-length" and self.chunked_encoding is None:
+                self.expected_content_length = int(value.decode())
+                self.chunked_encoding = False
+            elif lower == b"transfer-encoding" and value.lower() == b"chunked":
+                self.expected_content_length = 0
+                self.chunked_encoding = True
+            elif lower == b"connection":
+                connection = [token.lower().strip() for token in value.split(b",")]
+                if b"close" in connection:
+                    self.keep_alive = False
+                    has_connection_close = True
+            content += (lower, b": ", value, b"\r\n")
+        if not self.keep_alive and not has_connection_close:
+            content.append(b"connection: close\r\n")
+        if (
+            self.chunked_encoding is None
+            and self.scope["method"] != "HEAD"
+            and status not in (204, 304)
+        ):
+            self.chunked_encoding = True
+            content.append(b"transfer-encoding: chunked\r\n")
+        content.append(self.notes.extra_head)
+        content.append(b"\r\n")
+        self.transport.hold(b"".join(content))
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        # uvicorn's RequestResponseCycle.send for a Content-Length body
+        num_bytes = len(body)
+        if num_bytes > self.expected_content_length:
+            raise RuntimeError("Response content longer than Content-Length")
+        self.expected_content_length -= num_bytes
+        self.transport.write(body)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
 
 
 class _IdleSweeper:
@@ -187,6 +276,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     idle_since: float | None = None  # loop time of the last response, None while busy
     _holder: _HeadHolder | None = None
     _idle_sweeper: _IdleSweeper | None = None
+    _http_entry: Any = None
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
@@ -243,4 +333,13 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             if holder is None or holder._real is not cycle.transport:
                 holder = self._holder = _HeadHolder(cycle.transport, self._flusher())
             cycle.transport = cast(asyncio.Transport, holder)
+            if app is self.app:  # (not uvicorn's 503 app when over its concurrency limit)
+                app = self._http_entry or self._find_http_entry()
         super()._start_asgi_task(cycle, app)
+
+    def _find_http_entry(self) -> Any:
+        """The app's HTTP entry when it offers one (``Gateway.asgi_http``): the scope type is
+        known here, so the app's ``__call__`` dispatching on it is a coroutine layer for
+        nothing on every request."""
+        entry = self._http_entry = getattr(self.app, "asgi_http", None) or self.app
+        return entry

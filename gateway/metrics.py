@@ -45,6 +45,10 @@ class Metrics:
         r = self.registry
         self._requests = _RequestCounts()
         r.register(self._requests)
+        # observe(route, backend, method, status, seconds): count one answered request and
+        # its duration (no locks; see the module doc); the collector's own method, as the
+        # gateway calls it for every request
+        self.observe: Callable[[str, str, str, int, float], None] = self._requests.observe
 
         self.upstream_errors = Counter(
             "gateway_upstream_errors", "Upstream failures by the stage they happened in",
@@ -70,10 +74,6 @@ class Metrics:
         """Call ``fn`` before a scrape reads the request counts (the gateway counts in
         batches: Gateway.flush_records)."""
         self._requests.before_collect = fn
-
-    def observe(self, route: str, backend: str, method: str, status: int, seconds: float) -> None:
-        """Count one answered request and its duration (no locks; see the module doc)."""
-        self._requests.observe(route, backend, method, status, seconds)
 
 
 class _Series:

@@ -44,9 +44,28 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    if path in ODD:  # responses uvicorn frames, checks or refuses in its own way
+        headers, bodies = ODD[path]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        for i, body in enumerate(bodies):
+            more = i < len(bodies) - 1
+            await send({"type": "http.response.body", "body": body, "more_body": more})
+        return
     headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(BODY))]
     await send({"type": "http.response.start", "status": 200, "headers": headers})
     await send({"type": "http.response.body", "body": BODY})
+
+
+ODD: dict[str, tuple[list[tuple[bytes, bytes]], list[bytes]]] = {
+    "/close": ([(b"content-length", b"2"), (b"Connection", b"keep-alive, Close")], [b"ok"]),
+    "/no-length": ([(b"content-type", b"text/plain")], [b"abc"]),
+    "/parts": ([(b"Content-Length", b"6")], [b"abc", b"", b"def"]),
+    "/too-long": ([(b"content-length", b"2")], [b"abc"]),
+    "/too-short": ([(b"content-length", b"4")], [b"abc"]),
+    "/bad-value": ([(b"x-a", b"1\r\nset-cookie: x=1"), (b"content-length", b"0")], [b""]),
+    "/bad-name": ([(b"x a", b"1"), (b"content-length", b"0")], [b""]),
+    "/chunked": ([(b"transfer-encoding", b"chunked")], [b"ab", b"c"]),
+}
 
 
 WRITES: list[int] = []
@@ -73,12 +92,15 @@ def _counting(base: type[HttpToolsProtocol]) -> type[HttpToolsProtocol]:
 
 
 class _Server:
-    def __init__(self, protocol: type[HttpToolsProtocol], keep_alive: float = 5) -> None:
+    def __init__(
+        self, protocol: type[HttpToolsProtocol], keep_alive: float = 5, app_: Any = app
+    ) -> None:
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         cfg = uvicorn.Config(
-            app, loop="uvloop", http=_counting(protocol), lifespan="off", log_level="critical",
+            app_, loop="uvloop", http=_counting(protocol), lifespan="off", log_level="critical",
+            interface="asgi3", proxy_headers=False,
             timeout_keep_alive=keep_alive,
         )  # fmt: skip
         self.server = uvicorn.Server(cfg)
@@ -142,6 +164,65 @@ def test_uvicorns_own_protocol_makes_two_writes_for_the_same_response() -> None:
         assert len(_writes_for(stock, "/small")) == 2
     finally:
         stock.stop()
+
+
+def _exchange(port: int, path: str, method: str = "GET") -> bytes:
+    """Everything the server sends for one request, until it closes or goes quiet."""
+    with _get(port, path, method) as c:
+        data = b""
+        c.settimeout(0.5)
+        try:
+            while chunk := c.recv(65536):
+                data += chunk
+        except TimeoutError:
+            pass
+    return b"".join(
+        line for line in data.splitlines(keepends=True) if not line.startswith(b"date: ")
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", p) for p in ("/small", *ODD)] + [("HEAD", "/small")]
+)
+def test_the_same_bytes_as_uvicorns_own_send(ours: _Server, method: str, path: str) -> None:
+    # The head and Content-Length bodies are written by CoalescingCycle itself: framing,
+    # keep-alive, header checks and errors must stay uvicorn's (compared on the wire).
+    stock = _Server(HttpToolsProtocol)
+    try:
+        expected = _exchange(stock.port, path, method)
+    finally:
+        stock.stop()
+    assert _exchange(ours.port, path, method) == expected
+    # and once more: the second time the header names and values are known ones
+    assert _exchange(ours.port, path, method) == expected
+
+
+def test_an_invalid_header_value_is_refused_after_valid_ones_were_seen(ours: _Server) -> None:
+    assert _exchange(ours.port, "/small").startswith(b"HTTP/1.1 200 OK")
+    for _ in range(2):
+        assert b"set-cookie" not in _exchange(ours.port, "/bad-value")
+
+
+def test_the_apps_http_entry_is_called_when_it_offers_one() -> None:
+    calls: list[str] = []
+
+    class TwoDoors:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            calls.append(scope["type"])
+            await app(scope, receive, send)
+
+        async def asgi_http(self, scope: Any, receive: Any, send: Any) -> None:
+            calls.append("asgi_http")
+            await app(scope, receive, send)
+
+    global_app = TwoDoors()
+    server = _Server(GatewayHttpProtocol, app_=global_app)
+    try:
+        assert _exchange(server.port, "/small").endswith(BODY)
+        assert _exchange(server.port, "/small").endswith(BODY)
+    finally:
+        server.stop()
+    assert calls == ["asgi_http", "asgi_http"]
 
 
 def test_headers_are_not_held_while_the_body_is_late(ours: _Server) -> None:
