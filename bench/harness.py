@@ -477,7 +477,7 @@ def profile(t: Target, tmp: Path, seconds: int) -> dict[str, Any]:
     )  # fmt: skip
     _children.append(spy)
     time.sleep(0.5)
-    wrk(t.url, threads=2, conns=CONNECTIONS, duration=f"{seconds}s")
+    wrk(t.url, threads=2, conns=CONNECTIONS, duration=f"{seconds}s", headers=t.headers)
     spy.wait(timeout=60)
     out = ROOT / "bench" / "results" / f"profile-{t.name}.txt"
     out.write_text(raw.read_text())
