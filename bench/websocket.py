@@ -476,10 +476,15 @@ async def idle_phase(s: Servers, n: int) -> Idle:
 
 
 # Who allocated it: the most recent frame of the allocation's traceback that is in one of these.
+# (A tunnelled connection, gateway/ws_tunnel.py, is the tunnel, its two halves and the
+# plan's callbacks; the uvicorn and websockets lines are the frame relay's, the path of a
+# gateway that does not tunnel: https:// upstreams, another server than gateway.http11.)
 _COMPONENTS = (
+    ("/gateway/ws_tunnel.py", "gateway: ws_tunnel (tunnel, its two halves, plan)"),
     ("/uvicorn/", "client side: uvicorn websockets-sansio protocol (+ websockets ServerProtocol)"),
     ("/websockets/asyncio/", "upstream side: websockets asyncio ClientConnection"),
-    ("/gateway/", "gateway: app._websocket, proxy_ws.relay (tasks, closures)"),
+    ("/gateway/app.py", "gateway: app (websocket_tunnel's callbacks; _websocket for the relay)"),
+    ("/gateway/", "gateway: other (proxy_ws.relay's tasks and closures, ...)"),
 )
 
 

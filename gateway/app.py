@@ -28,7 +28,7 @@ from starlette.types import Receive, Scope, Send
 
 from modules import DispatchResponse
 
-from . import proxy_http, proxy_ws
+from . import proxy_http, proxy_ws, ws_tunnel
 from .accesslog import AccessLog
 from .config import GatewayConfig, Route
 from .control.window import Window
@@ -132,7 +132,7 @@ class Gateway:
         self.started_hooks.append(self.shadow.start)
         self.stopping_hooks.append(self.shadow.stop)
         self.draining = False
-        self._open_ws: set[_ClientSocket] = set()
+        self._open_ws: set[_ClientSocket | ws_tunnel.WebSocketTunnel] = set()
         self._records: list[tuple[Any, ...]] = []  # see _done
         self._flush_armed = False
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -584,6 +584,53 @@ class Gateway:
             abnormal = crashed or sock.close_code in ABNORMAL_WS_CLOSES
             failed = abnormal and route.guard.ws_abnormal_closes
             self._done(rid, route.name, side, "GET", scope, status, t0, 0, failed=failed)
+
+    def websocket_tunnel(
+        self,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        client: tuple[str, int] | None,
+        scheme: str | None,
+    ) -> ws_tunnel.Plan | None:
+        """How to splice this WebSocket upgrade to its legacy upstream (gateway.ws_tunnel),
+        asked by gateway.http11 before uvicorn's WebSocket protocol takes the connection.
+        None leaves it to :meth:`_websocket`: a path that does not route (its 404), the
+        drain (its 503), the new side, an ``https://`` upstream (the frame relay)."""
+        t0 = time.perf_counter()
+        raw, _, qs = target.partition(b"?")
+        table = self.table
+        try:
+            found = table.router.match(normalise_path(raw), "GET", websocket=True)
+        except BadPath:
+            return None
+        if found is None or self.draining:
+            return None
+        route = found.route
+        if self.decide(route, headers, qs, found.params, client, websocket=True) != "legacy":
+            return None
+        up = table.config.upstreams[route.legacy]
+        like_scope = {"headers": headers, "client": client, "scheme": scheme or "http"}
+        fwd, client_rid, _ = self._scan_headers(like_scope, ws_tunnel.DROP)
+        rid = client_rid if client_rid and valid_request_id(client_rid) else new_request_id()
+        plan = ws_tunnel.make_plan(up.url, target, fwd, rid, up.connect_timeout)
+        if plan is None:
+            return None
+        gauge = self.metrics.websockets_open.labels(route.name, "legacy")
+        name, guarded = route.name, route.guard.ws_abnormal_closes
+        log_scope = {"path": ws_tunnel.log_path(raw)}
+
+        def opened(tunnel: ws_tunnel.WebSocketTunnel) -> None:
+            self._open_ws.add(tunnel)
+            gauge.inc()
+
+        def closed(tunnel: ws_tunnel.WebSocketTunnel, status: int, code: int | None) -> None:
+            self._open_ws.discard(tunnel)
+            gauge.dec()
+            failed = guarded and code in ABNORMAL_WS_CLOSES
+            self._done(rid, name, "legacy", "GET", log_scope, status, t0, 0, failed=failed)
+
+        plan.opened, plan.closed = opened, closed
+        return plan
 
 
 class _ClientSocket:

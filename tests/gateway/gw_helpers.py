@@ -131,13 +131,18 @@ def gateway_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def spawn_gateway(config: dict[str, Any] | str, d: Path, **env: str) -> GatewayProc:
-    """Start ``chatgw serve`` on ``config`` and wait until ``/ready`` says 200."""
+def spawn_gateway(
+    config: dict[str, Any] | str, d: Path, *, launcher: str = "gateway.cli", **env: str
+) -> GatewayProc:
+    """Start ``chatgw serve`` on ``config`` and wait until ``/ready`` says 200.
+
+    ``launcher``: the module run as ``python -m`` with chatgw's arguments (the CLI, or a
+    wrapper of it such as ``relay_gateway``)."""
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "routes.yaml"
     cfg.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
     port, admin = free_port(), free_port()
-    argv = [sys.executable, "-m", "gateway.cli", "serve", "--config", str(cfg),
+    argv = [sys.executable, "-m", launcher, "serve", "--config", str(cfg),
             "--port", str(port), "--admin-port", str(admin)]  # fmt: skip
     with open(d / "stdout.log", "wb") as out, open(d / "stderr.log", "wb") as err:
         env.setdefault("CHATGW_STATE_DIR", str(d / "state"))  # no shared .run/ between tests

@@ -13,9 +13,15 @@
 //   anything else            JSON echo of method, url, raw headers, body length
 // Side endpoints (called directly, never through the gateway):
 //   /__log  urls received   /__aborted?tag=T   /__wscloses?tag=T
-// WebSocket on /ws (any other upgrade path: HTTP 404): echoes text and binary;
-// "close:CODE:REASON" closes with that code; "headers" answers the handshake as JSON;
-// the subprotocol chat.v2 is chosen when offered.
+//   /__wsraw?tag=T   the raw bytes a /ws?raw=1&tag=T socket received after its handshake
+//                    (base64), as they came off the wire
+//   /__wsflood?tag=T how far a "flood:" below got: {queued, written, done}
+// WebSocket on /ws (any other upgrade path: HTTP 404, /ws-keepalive: a chunked 403 on a
+// connection left open): echoes text and binary; "close:CODE:REASON" closes with that
+// code; "headers" answers the handshake as JSON; "drop" destroys the socket without a
+// close frame; "flood:MIB:KIB" sends MIB MiB of binary frames of KIB KiB each, as fast as
+// the socket drains (never more than its buffer queued); the subprotocol chat.v2 is chosen
+// when offered; the 101 carries "X-Upstream-Ws: <name>".
 const http = require('http');
 const crypto = require('crypto');
 const { WebSocketServer } = require('ws');
@@ -23,6 +29,8 @@ const { WebSocketServer } = require('ws');
 const seen = [];
 const aborted = new Set();
 const wsCloses = {};
+const wsRaw = {};
+const wsFlood = {};
 
 const PATTERN = Buffer.alloc(65536);
 for (let i = 0; i < PATTERN.length; i++) PATTERN[i] = i % 251;
@@ -51,6 +59,14 @@ function handler(name) {
     if (p === '/__log') return json(res, 200, { seen });
     if (p === '/__aborted') return json(res, 200, { aborted: aborted.has(q.get('tag')) });
     if (p === '/__wscloses') return json(res, 200, { closes: wsCloses[q.get('tag')] || [] });
+    if (p === '/__wsraw') {
+      return json(res, 200, { raw: Buffer.concat(wsRaw[q.get('tag')] || []).toString('base64') });
+    }
+    if (p === '/__wsflood') {
+      const f = wsFlood[q.get('tag')];
+      return json(res, 200, f ? { queued: f.queued, written: f.sock.bytesWritten, done: f.done }
+        : {});
+    }
     seen.push(req.url);
 
     if (p.startsWith('/big')) {
@@ -147,20 +163,47 @@ function wsUpgrade(name, server) {
     noServer: true,
     handleProtocols: (protocols) => (protocols.has('chat.v2') ? 'chat.v2' : false),
   });
+  wss.on('headers', (headers) => headers.push(`X-Upstream-Ws: ${name}`));
   server.on('upgrade', (req, socket, head) => {
     const u = new URL(req.url, 'http://x');
     seen.push(req.url);
+    if (u.pathname === '/ws-keepalive') {
+      socket.write('HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\n' +
+        'Transfer-Encoding: chunked\r\n\r\n5\r\nnope!\r\n0\r\n\r\n');
+      return;  // and the connection stays open
+    }
     if (u.pathname !== '/ws') {
       const body = '{"error":{"code":"not_found","message":"no such path"}}';
       socket.end('HTTP/1.1 404 Not Found\r\nContent-Type: application/json\r\n' +
         `Content-Length: ${body.length}\r\nConnection: close\r\n\r\n${body}`);
       return;
     }
+    const tag = u.searchParams.get('tag') || '';
+    if (u.searchParams.get('raw')) {
+      const chunks = wsRaw[tag] = [];
+      if (head.length) chunks.push(Buffer.from(head));
+      socket.on('data', (c) => chunks.push(Buffer.from(c)));
+    }
     wss.handleUpgrade(req, socket, head, (ws) => {
-      const tag = u.searchParams.get('tag') || '';
+      ws.on('error', () => {});  // a broken frame: ws closes with 1002, the process stays
       ws.on('message', (data, isBinary) => {
         if (isBinary) return ws.send(data, { binary: true });
         const s = data.toString();
+        if (s === 'drop') return ws.terminate();
+        if (s.startsWith('flood:')) {
+          const [, mib, kib] = s.split(':').map(Number);
+          const frame = Buffer.alloc(kib * 1024, 0x61);
+          const f = wsFlood[tag] = { queued: 0, done: false, sock: ws._socket };
+          const pump = () => {
+            while (f.queued < mib * 1024 * 1024) {
+              ws.send(frame, { binary: true });
+              f.queued += frame.length;
+              if (f.sock.writableNeedDrain) return f.sock.once('drain', pump);
+            }
+            f.done = true;
+          };
+          return pump();
+        }
         if (s.startsWith('close:')) {
           const [, code, reason] = s.split(':');
           return ws.close(Number(code), reason);
