@@ -38,8 +38,7 @@ from .headers import (
     REQUEST_ID,
     WS_HANDSHAKE,
     end_to_end,
-    new_request_id,
-    valid_request_id,
+    request_id,
 )
 from .http11 import RESPONSE_NOTES, ResponseNotes
 from .metrics import Metrics
@@ -337,17 +336,14 @@ class Gateway:
                 return
 
     def _request_id(self, headers: list[tuple[bytes, bytes]]) -> bytes:
-        for k, v in headers:
-            if k == REQUEST_ID:
-                return v if valid_request_id(v) else new_request_id()
-        return new_request_id()
+        return request_id(next((v for k, v in headers if k == REQUEST_ID), None))
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
         method: str = scope["method"]
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
         headers, client_rid, force = self._scan_headers(scope)
-        rid = client_rid if client_rid and valid_request_id(client_rid) else new_request_id()
+        rid = request_id(client_rid)
         headers.append((REQUEST_ID, rid))
         extra = [(REQUEST_ID, rid)]
         if (raw == b"/health" or raw == b"/health/") and method in ("GET", "HEAD"):
@@ -611,7 +607,7 @@ class Gateway:
         up = table.config.upstreams[route.legacy]
         like_scope = {"headers": headers, "client": client, "scheme": scheme or "http"}
         fwd, client_rid, _ = self._scan_headers(like_scope, ws_tunnel.DROP)
-        rid = client_rid if client_rid and valid_request_id(client_rid) else new_request_id()
+        rid = request_id(client_rid)
         plan = ws_tunnel.make_plan(up.url, target, fwd, rid, up.connect_timeout)
         if plan is None:
             return None

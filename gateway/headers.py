@@ -87,3 +87,8 @@ def new_request_id() -> bytes:
 def valid_request_id(value: bytes) -> bool:
     """A client-supplied X-Request-Id is kept if short and printable ASCII."""
     return 0 < len(value) <= 128 and all(0x21 <= c <= 0x7E for c in value)
+
+
+def request_id(client_rid: bytes | None) -> bytes:
+    """The client's X-Request-Id when it is valid (kept end to end), else a new one."""
+    return client_rid if client_rid and valid_request_id(client_rid) else new_request_id()

@@ -288,13 +288,9 @@ class _Half(FrameScanner, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self.cut is None and self.tunnel.state == RELAYING:
-            left = self.left
-            if left >= len(data) and self._code is None and self.part is None:
-                self.left = left - len(data)  # (FrameScanner.feed, inlined)
-            else:
-                self._scan(data, False)
-                if self.closed:
-                    self.tunnel.noted_close(self)
+            self.feed(data)
+            if self.closed:
+                self.tunnel.noted_close(self)
             try:
                 self.dst.write(data)
             except RuntimeError:  # (uvloop) its socket is closed already: ours closes next

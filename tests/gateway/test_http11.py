@@ -17,7 +17,8 @@ import pytest
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from gateway.http11 import GatewayHttpProtocol
+from gateway import http11
+from gateway.http11 import CoalescingCycle, GatewayHttpProtocol, ResponseNotes
 
 BODY = b'{"ok":true,"pad":"' + b"x" * 380 + b'"}'
 
@@ -304,3 +305,40 @@ def test_idle_keep_alive_connections_close_after_the_timeout_busy_ones_stay() ->
         assert closed is not None and 0.3 <= closed <= 0.8
     finally:
         server.stop()
+
+
+class _Holding:
+    head = b""
+
+    def hold(self, head: bytes) -> None:
+        self.head = head
+
+
+def _cycle(default_headers: list[tuple[bytes, bytes]]) -> CoalescingCycle:
+    cycle = CoalescingCycle(
+        scope={"method": "GET"}, transport=_Holding(), flow=None, logger=None,  # type: ignore[arg-type]
+        access_logger=None, access_log=False, default_headers=default_headers,  # type: ignore[arg-type]
+        message_event=asyncio.Event(), expect_100_continue=False, keep_alive=True,
+        on_response=lambda: None,
+    )  # fmt: skip
+    cycle.notes = ResponseNotes()
+    return cycle
+
+
+def test_the_known_header_sets_stay_bounded_whatever_the_app_sends() -> None:
+    for i in range(http11._KNOWN_MAX + 100):
+        cycle = _cycle([])
+        cycle._head({"status": 200, "headers": [(b"x-n%d" % i, b"v%d" % i)]})
+        assert b"x-n%d: v%d\r\n" % (i, i) in cycle.transport.head
+    assert len(http11._NAMES) <= http11._KNOWN_MAX
+    assert len(http11._VALUES) <= http11._KNOWN_MAX
+
+
+def test_the_servers_own_headers_are_rendered_again_when_uvicorn_renews_them() -> None:
+    # uvicorn replaces the default-headers list when the Date changes (once a second)
+    first = _cycle([(b"date", b"Mon, 23 Nov 2026 10:00:00 GMT")])
+    first._head({"status": 200, "headers": [(b"content-length", b"0")]})
+    second = _cycle([(b"date", b"Mon, 23 Nov 2026 10:00:01 GMT")])
+    second._head({"status": 200, "headers": [(b"content-length", b"0")]})
+    assert b"date: Mon, 23 Nov 2026 10:00:00 GMT\r\n" in first.transport.head
+    assert b"date: Mon, 23 Nov 2026 10:00:01 GMT\r\n" in second.transport.head
