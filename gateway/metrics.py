@@ -14,6 +14,9 @@ gateway_websockets_open                     gauge by route, backend
 gateway_route_new_percent                   gauge by route
 gateway_force_token_rejected_total          reason (malformed, bad_signature, expired, …)
 gateway_bad_requests_total                  reason (bad_path, body_too_large, no_route)
+gateway_gc_threshold                        gauge by generation (gateway.gc_tuning)
+gateway_gc_frozen_objects                   gauge: the start-up heap the collector skips
+python_gc_collections_total                 prometheus_client's, by generation (and _objects_*)
 ==========================================  =================================================
 """
 
@@ -22,10 +25,18 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, disable_created_metrics
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    disable_created_metrics,
+)
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
+
+from .gc_tuning import GcCollector
 
 # `*_created` series double the output and nothing here reads them.
 disable_created_metrics()
@@ -69,6 +80,9 @@ class Metrics:
         self.bad_requests = Counter(
             "gateway_bad_requests", "Requests refused before routing", ["reason"], registry=r
         )
+        # the collector's work (python_gc_*) and what it runs with (gateway_gc_*)
+        GCCollector(registry=r)
+        r.register(GcCollector())
 
     def before_collect(self, fn: Callable[[], object]) -> None:
         """Call ``fn`` before a scrape reads the request counts (the gateway counts in

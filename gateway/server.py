@@ -15,6 +15,7 @@ to finish before uvicorn cancels them; then modules and the admin listener stop.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -32,6 +33,7 @@ from .app import Gateway
 from .config import load_config
 from .control.guard import Guard
 from .control.plane import ControlPlane
+from .gc_tuning import apply_gc_threshold, freeze_startup_heap, gc_threshold
 from .http11 import GatewayHttpProtocol
 
 log = logging.getLogger("chatgw")
@@ -160,6 +162,11 @@ def build(
     return gateway
 
 
+async def _freeze_startup_heap() -> None:
+    frozen = freeze_startup_heap()
+    log.info("gc: %d start-up objects frozen, thresholds %s", frozen, gc.get_threshold())
+
+
 def serve_one(
     config_path: str,
     host: str,
@@ -173,11 +180,16 @@ def serve_one(
     """Serve in this process until SIGTERM/SIGINT, then drain (see the module doc)."""
     try:
         drain = drain_seconds()
+        threshold = gc_threshold()
     except ValueError as exc:
         sys.exit(f"chatgw: {exc}")
+    apply_gc_threshold(threshold)
     sock = bind(host, port, reuse_port=reuse_port)
     admin_sock = bind(admin_host, admin_port)
     gateway = build(config_path, admin_host, admin_port, admin_sock)
+    if threshold is not None:
+        # last of the started hooks: modules, pools and the control plane are up
+        gateway.started_hooks.append(_freeze_startup_heap)
     print(
         f"chatgw: serving {config_path} on http://{host}:{port} (admin http://{admin_host}:{admin_port})",
         file=sys.stderr,
