@@ -120,12 +120,27 @@ def _reject_constant(name: str) -> Any:
     raise JSONError(f"{name} is not JSON")
 
 
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
 def js_loads(text: str | bytes) -> Any:
-    """``JSON.parse`` of a UTF-8 text (invalid bytes become U+FFFD, as Node decodes)."""
+    """``JSON.parse`` of a UTF-8 text (invalid bytes become U+FFFD, as Node decodes).
+
+    orjson reads what it can; whatever it refuses (a lone surrogate escape, a number
+    beyond a double's range, invalid UTF-8, nesting past 1 024, or invalid JSON) is read
+    again by the standard library's parser, which decides. The two agree on everything
+    orjson accepts, except integers past 64 bits: orjson reads them as doubles, as
+    JavaScript does, and js_dumps prints both the same way (tests/modules/test_jsfmt.py).
+    The stdlib alone was two thirds of a session GET's record parsing (bench/README.md).
+    """
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError:
+        pass
     if isinstance(text, bytes | bytearray):
         text = bytes(text).decode("utf-8", errors="replace")
     try:
-        return json.loads(text, parse_constant=_reject_constant)
+        return _DECODER.decode(text)
     except (ValueError, RecursionError) as exc:
         raise JSONError(str(exc)) from exc
 
@@ -230,9 +245,31 @@ def _js_fast(v: Any) -> Any:
     return _js_value(v)  # floats, subclasses, the unserialisable
 
 
+def _plain(v: Any) -> bool:
+    """True when orjson writes ``v`` exactly as ``JSON.stringify`` does without any help:
+    strings, booleans, null, safe integers, and lists and objects of them whose keys do
+    not start with a digit (no array-index key to move first). The common record passes
+    this check without a copy being made."""
+    t = type(v)
+    if t is str or t is bool or v is None:
+        return True
+    if t is int:
+        return -_MAX_SAFE <= v <= _MAX_SAFE
+    if t is dict:
+        for k, x in v.items():
+            if type(k) is not str or k[:1].isdigit() or not _plain(x):
+                return False
+        return True
+    if t is list:
+        return all(map(_plain, v))
+    return False
+
+
 def js_dumps(value: Any) -> bytes:
     """``JSON.stringify(value)`` as UTF-8 bytes."""
     try:
+        if _plain(value):
+            return orjson.dumps(value)
         return orjson.dumps(_js_fast(value))
     except orjson.JSONEncodeError:  # a lone surrogate (or worse): the exact, slow way
         return orjson.dumps(_js_value(value))

@@ -156,3 +156,76 @@ _json_trees = st.recursive(
 def test_the_fast_path_writes_exactly_what_the_exact_path_writes(tree):
     # text() includes lone surrogates, floats and big ints; keys include array indexes
     assert js_dumps(tree) == orjson.dumps(jsfmt._js_value(tree))
+
+
+def _stdlib_loads(text):
+    """The exact path alone: what js_loads answered before orjson read first."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    try:
+        return ("ok", json.loads(text, parse_constant=jsfmt._reject_constant))
+    except (ValueError, RecursionError):
+        return ("error", None)
+
+
+def _js_loads_or_error(text):
+    try:
+        return ("ok", js_loads(text))
+    except JSONError:
+        return ("error", None)
+
+
+def _same(a, b):
+    """Equal values with equal key order, where floats and ints compare by JavaScript's
+    reading where orjson reads an integer past 64 bits (i64 below zero, u64 above) as the
+    double JavaScript reads."""
+    if isinstance(a, dict):
+        return (isinstance(b, dict) and list(a) == list(b)
+                and all(_same(a[k], b[k]) for k in a))  # fmt: skip
+    if isinstance(a, list):
+        return isinstance(b, list) and len(a) == len(b) and all(map(_same, a, b))
+    if isinstance(a, int) and not isinstance(a, bool) and not -(2**63) <= a < 2**64:
+        return isinstance(b, int | float) and float(a) == float(b)
+    return type(a) is type(b) and (a == b or (a != a and b != b))
+
+
+_TEXTS = [
+    '{"a":1,"b":2,"a":3}', "[1e400]", "[-1e400]", "[123456789012345678901234567890]",
+    "[18446744073709551616]", "[-9223372036854775809]", '"\\ud800"', '["\\udc00x"]',
+    "\ufeff{}", " {\"a\" : [ ] } ", "[-0]", "[-0.0]", "[1E2]", '["\\u0000"]', "[0.1e-400]",
+    "[" * 1500 + "]" * 1500, "[" * 5000 + "]" * 5000, "NaN", "[Infinity]", "{", "01", "",
+    " ", "[1,]", '{"a":1,}', "/*x*/1", "'a'", "\t\n\r 1 \t\n\r", "\x0c1", "\xa01",
+    '"\x01"', '"a\x7fb"', "true false", '{"__proto__":{"x":1}}',
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "text", _TEXTS + [t.encode() for t in _TEXTS] + [b'"\xff\xfe"', b"[1]\xff"]
+)
+def test_loads_answers_as_the_standard_parser_did_on_edge_cases(text):
+    got, want = _js_loads_or_error(text), _stdlib_loads(text)
+    assert got[0] == want[0]
+    assert _same(want[1], got[1])
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_trees, st.booleans(), st.booleans())
+def test_loads_answers_as_the_standard_parser_did(tree, ascii_only, as_bytes):
+    try:
+        text = json.dumps(tree, ensure_ascii=ascii_only)
+    except ValueError:
+        return
+    data = text.encode("utf-8", errors="surrogatepass") if as_bytes else text
+    got, want = _js_loads_or_error(data), _stdlib_loads(data)
+    assert got[0] == want[0]
+    assert _same(want[1], got[1])
+    if got[0] == "ok":
+        assert js_dumps(got[1]) == js_dumps(want[1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40) | st.text(_ANY_CHAR, max_size=40))
+def test_loads_of_arbitrary_input_answers_as_the_standard_parser_did(data):
+    got, want = _js_loads_or_error(data), _stdlib_loads(data)
+    assert got[0] == want[0]
+    assert _same(want[1], got[1])
