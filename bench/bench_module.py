@@ -64,11 +64,29 @@ def session_app() -> Any:
 def redis_app() -> Starlette:
     """A bare Starlette endpoint doing the session GET's Redis read (``uvicorn --factory``):
     issue 9's reference for the in-process session path. Same client library and options
-    as modules/common/store.py, one pool per process; no JWT check, no reshaping."""
+    as modules/common/store.py, one pool per process; no JWT check, no reshaping.
+
+    With ``BENCH_GATEWAY_GC=1`` it runs with the gateway's garbage-collector settings
+    (gateway/gc_tuning.py: thresholds from ``CHATGW_GC_THRESHOLD``, the start-up heap
+    frozen once serving): the reference for what the gateway and module layers cost
+    apart from that tuning."""
     import os
+    from collections.abc import AsyncIterator
+    from contextlib import asynccontextmanager
 
     import redis.asyncio as aioredis
     from starlette.responses import JSONResponse
+
+    lifespan = None
+    if os.environ.get("BENCH_GATEWAY_GC") == "1":
+        from gateway.gc_tuning import apply_gc_threshold, freeze_startup_heap, gc_threshold
+
+        apply_gc_threshold(gc_threshold())
+
+        @asynccontextmanager
+        async def lifespan(app: Starlette) -> AsyncIterator[None]:
+            freeze_startup_heap()
+            yield
 
     client = aioredis.Redis.from_url(
         os.environ["REDIS_URL"], decode_responses=True, max_connections=64
@@ -83,4 +101,7 @@ def redis_app() -> Starlette:
     async def health(request: Request) -> Response:
         return Response(b'{"status":"ok"}', media_type="application/json")
 
-    return Starlette(routes=[Route("/api/sessions/{sid}", get_session), Route("/health", health)])
+    return Starlette(
+        routes=[Route("/api/sessions/{sid}", get_session), Route("/health", health)],
+        lifespan=lifespan,
+    )

@@ -1,4 +1,4 @@
-"""The gateway's hot-path bench: five targets side by side in one run (``bench/run``).
+"""The gateway's hot-path bench: the targets side by side in one run (``bench/run``).
 
 Targets, all answering the same 409 bytes of JSON (:mod:`bench.bench_module`) on loopback:
 
@@ -8,6 +8,12 @@ Targets, all answering the same 409 bytes of JSON (:mod:`bench.bench_module`) on
 ``proxied``   ``chatgw serve`` (1 worker) routing ``/api/proxied`` to the Node, as shipped:
               metrics on, access log on (to a file in the temp dir, or $BENCH_ACCESS_LOG)
 ``inproc``    the same gateway, ``/api/inproc`` at 100 % to the bench app as a module
+
+and the session GET on real Redis (issue 9's in-process target): ``bare-redis`` a bare
+Starlette endpoint doing the same Redis read (the target's reference), ``bare-redis-gc``
+the same endpoint with the gateway's garbage-collector settings (gateway/gc_tuning.py;
+what the gateway and module layers cost apart from that tuning), ``bare-session`` the
+session module alone under uvicorn, and ``session`` the module behind the gateway.
 
 For each: ``wrk -t2 -c50 --latency`` → req/s, p50, p99; the server's CPU (psutil user+system
 delta over the run) / requests, for proxies the proxy alone and Node separately; and p50 at
@@ -352,7 +358,7 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
 
     session_headers: list[str] = []
     session_path = ""
-    if only & {"session", "bare-session", "bare-redis"}:
+    if only & {"session", "bare-session", "bare-redis", "bare-redis-gc"}:
         session_path, session_headers = seed_session()
     # A control-plane prefix of this run's own: live weights stored under a shared one by an
     # earlier run (or a test) would override the routes' percentages, and the "session"
@@ -360,11 +366,14 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
     session_env = {"REDIS_URL": BENCH_REDIS_URL, "JWT_SECRET_KEY": BENCH_JWT_SECRET,
                    "CHATGW_CONTROL_PREFIX": CONTROL_PREFIX}  # fmt: skip
 
-    # The two references of the session GET, each a uvicorn --factory app on real Redis.
-    for name, factory, label in (
-        ("bare-redis", "redis_app", "bare Starlette endpoint, same Redis GET"),
-        ("bare-session", "session_app", "session module alone (Redis GET)"),
-    ):
+    # The references of the session GET, each a uvicorn --factory app on real Redis: the
+    # bare endpoint (the target's), the same with the gateway's GC settings, the module.
+    for name, factory, label, extra_env in (
+        ("bare-redis", "redis_app", "bare Starlette endpoint, same Redis GET", {}),
+        ("bare-redis-gc", "redis_app", "same, with the gateway's GC settings",
+         {"BENCH_GATEWAY_GC": "1"}),
+        ("bare-session", "session_app", "session module alone (Redis GET)", {}),
+    ):  # fmt: skip
         if name not in only:
             continue
         port = free_port()
@@ -372,7 +381,7 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
             [PY, "-m", "uvicorn", f"bench.bench_module:{factory}", "--factory", "--host",
              "127.0.0.1", "--port", str(port), "--workers", "1", "--loop", "uvloop", "--http",
              "httptools", "--no-access-log", "--log-level", "warning", "--lifespan", "on"],
-            env={**session_env, "PYTHONPATH": str(ROOT)},
+            env={**session_env, **extra_env, "PYTHONPATH": str(ROOT)},
             log=tmp / f"{name}.log",
         )  # fmt: skip
         wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / f"{name}.log")
@@ -472,7 +481,7 @@ def profile(t: Target, tmp: Path, seconds: int) -> dict[str, Any]:
     raw = tmp / "profile.txt"
     spy = subprocess.Popen(
         [str(pyspy), "record", "--pid", str(t.server[0].pid), "--duration", str(seconds),
-         "--rate", "250", "--format", "raw", "--output", str(raw), "--nonblocking"],
+         "--rate", os.environ.get("BENCH_PROFILE_RATE", "250"), "--format", "raw", "--output", str(raw), "--nonblocking"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     _children.append(spy)
@@ -524,6 +533,9 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     if sg and sb:
         ratios["session_rps_vs_module_alone"] = sg.rps / sb.rps
         ratios["session_vs_module_alone_by_cpu"] = sb.cpu_us / max(sg.cpu_us, 1e-9)
+    if sg and (sgc := results.get("bare-redis-gc")):
+        ratios["session_rps_vs_bare_redis_gc"] = sg.rps / sgc.rps
+        ratios["session_vs_bare_redis_gc_by_cpu"] = sgc.cpu_us / max(sg.cpu_us, 1e-9)
     if sg and sr:
         ratios["session_rps_vs_bare_redis"] = sg.rps / sr.rps
         ratios["session_vs_bare_redis_by_cpu"] = sr.cpu_us / max(sg.cpu_us, 1e-9)
@@ -571,6 +583,10 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
             "≥ 0.90", share >= TARGET_SESSION_SHARE, "bare-redis req/s", sr.rps)  # fmt: skip
         add("session GET: same, by CPU per request", sr.cpu_us / sg.cpu_us, "×", "info",
             None, "bare-redis CPU µs", sr.cpu_us)  # fmt: skip
+    sgc = results.get("bare-redis-gc")
+    if sg and sgc:
+        add("session GET: req/s vs the bare endpoint with the gateway's GC settings",
+            sg.rps / sgc.rps, "×", "info", None, "bare-redis-gc req/s", sgc.rps)  # fmt: skip
     if sg and sb:
         add("session GET: req/s vs the session module alone", sg.rps / sb.rps, "×", "info",
             None, "module alone req/s", sb.rps)  # fmt: skip
@@ -604,7 +620,8 @@ def main() -> int:
     c1_duration = os.environ.get("BENCH_C1_DURATION", "1s" if quick else "3s")
     warmup = "1s" if quick else "2s"
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
-    names = ["node", "nginx", "bare", "proxied", "inproc", "bare-redis", "bare-session", "session"]
+    names = ["node", "nginx", "bare", "proxied", "inproc", "bare-redis", "bare-redis-gc",
+             "bare-session", "session"]  # fmt: skip
     only = set(os.environ.get("BENCH_ONLY", ",".join(names)).split(",")) | {"node"}
     profile_targets = os.environ.get("BENCH_PROFILE", "").split(",")
     if "--profile" in sys.argv[1:] or "1" in profile_targets:
