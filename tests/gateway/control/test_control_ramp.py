@@ -43,7 +43,9 @@ def test_stop_through_another_replica_ends_the_ramp(replicas: Callable[..., list
     with api(a.admin_url) as ca, api(b.admin_url) as cb:
         ca.post("/api/routes/beta/ramp", json={"steps": [2, 50, 100], "every": "1s",
                                                "reason": "x"}).raise_for_status()  # fmt: skip
+        # stopped once its first step is in (stopped before it, a ramp changes nothing)
         wait_until(lambda: cb.get("/api/routes/beta").json()["ramp"] is not None, timeout=3)
+        wait_until(lambda: percent(b.admin_url, "beta") == 2, timeout=3)
         r = cb.post("/api/routes/beta/ramp/stop", json={"reason": "enough"})
         assert r.status_code == 200, r.text
         time.sleep(2.5)
