@@ -24,7 +24,8 @@ the same run, PASS/MISS against issues 2 and 9's targets, JSON to ``bench/result
 Environment: ``BENCH_DURATION`` (10s), ``BENCH_C1_DURATION`` (3s), ``BENCH_ROUNDS`` (1; each
 target keeps its best round), ``BENCH_QUICK=1`` (2 s runs, smoke test), ``BENCH_ONLY``
 (comma list of targets), ``BENCH_PROFILE=1`` or ``--profile`` (afterwards py-spy the proxied
-path under load and print its top frames; ``BENCH_PROFILE=proxied,inproc`` names targets),
+path under load and print its top frames; ``BENCH_PROFILE=proxied,inproc`` names targets;
+``BENCH_PROFILE_S`` seconds, 10, and ``BENCH_PROFILE_RATE`` samples per second, 250),
 ``BENCH_ACCESS_LOG`` (the gateway's access-log file).
 """
 
@@ -530,10 +531,11 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
         # What the ratio of req/s would be if each server had a core to itself.
         ratios["inproc_vs_bare_by_cpu"] = b.cpu_us / max(i.cpu_us, 1e-9)
     sg, sb, sr = results.get("session"), results.get("bare-session"), results.get("bare-redis")
+    sgc = results.get("bare-redis-gc")
     if sg and sb:
         ratios["session_rps_vs_module_alone"] = sg.rps / sb.rps
         ratios["session_vs_module_alone_by_cpu"] = sb.cpu_us / max(sg.cpu_us, 1e-9)
-    if sg and (sgc := results.get("bare-redis-gc")):
+    if sg and sgc:
         ratios["session_rps_vs_bare_redis_gc"] = sg.rps / sgc.rps
         ratios["session_vs_bare_redis_gc_by_cpu"] = sgc.cpu_us / max(sg.cpu_us, 1e-9)
     if sg and sr:
@@ -583,7 +585,6 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
             "≥ 0.90", share >= TARGET_SESSION_SHARE, "bare-redis req/s", sr.rps)  # fmt: skip
         add("session GET: same, by CPU per request", sr.cpu_us / sg.cpu_us, "×", "info",
             None, "bare-redis CPU µs", sr.cpu_us)  # fmt: skip
-    sgc = results.get("bare-redis-gc")
     if sg and sgc:
         add("session GET: req/s vs the bare endpoint with the gateway's GC settings",
             sg.rps / sgc.rps, "×", "info", None, "bare-redis-gc req/s", sgc.rps)  # fmt: skip
