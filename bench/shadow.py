@@ -6,21 +6,26 @@
 Target (issue 2): *shadow at 100 % on a route: primary p50 and p99 within 5 % of shadow
 off; the shadow side's CPU accounted separately.*
 
-Method. Two real gateway processes (``python -m gateway.cli serve``, as the shadow tests
+Method. Three real gateway processes (``python -m gateway.cli serve``, as the shadow tests
 start them) in front of the same upstream (``tests/shadow/shadow_apps``: the "legacy"
-service under uvicorn, and the same app as the in-process module ``shadowtest``); one
-with ``shadow: {percent: 0}`` (off: the route is configured for shadowing but no request
-is mirrored), one with ``percent: 100`` (every GET copied to the module in process and
-compared). The client is an httpx AsyncClient at ``--concurrency`` (2) keep-alive
-connections, ``GET /api/items/{i}``; each response is checked (200). After a warm-up (500
-requests each), ``--rounds`` rounds alternate between the two gateways so that drift hits
-both; each round is ``--requests`` requests per gateway. p50 and p99 are over all rounds.
-PASS when p50 and p99 at 100 % are at most 5 % above 0 % (plus a 0.1 ms floor that
-absorbs timer noise at sub-millisecond latencies).
+service under uvicorn, and the same app as the in-process module ``shadowtest``): one with
+``shadow: {percent: 0}`` (off: the route is configured for shadowing but no request is
+mirrored), one at ``percent: 100`` with the default ``settings.shadow.isolation: loop`` (the
+copies in the serving loop; judged) and one at 100 % with ``isolation: process`` (the copies
+in a worker process at nice 10, ``BENCH_SHADOW_NICE`` to change it; info). Every GET is copied to the
+module and compared. The client is an httpx AsyncClient at ``--concurrency`` (2)
+keep-alive connections, ``GET /api/items/{i}``; each response is checked (200). After a
+warm-up (500 requests each), ``--rounds`` rounds alternate between the gateways so that
+drift hits all; each round is ``--requests`` requests per gateway. p50 and p99 are over
+all rounds. PASS when p50 and p99 with isolation loop are at most 5 % above 0 % (plus a
+0.1 ms floor that absorbs timer noise at sub-millisecond latencies).
 
-The shadow side's CPU, accounted apart, two ways:
+The shadow side's CPU, accounted apart:
 
-1. **Measured in the shadow workers.** The 100 % gateway loads the module through this
+0. **Isolation process**: the worker process's own CPU, which the gateway exports
+   (``gateway_shadow_worker_cpu_seconds_total``), per copy; and the serving process's CPU
+   per request minus the 0 % gateway's: the tap and the hand-off.
+1. **Isolation loop, measured in the shadow workers.** The 100 % gateway loads the module through this
    file (``CHATGW_EXTRA_MODULES=shadowtest=bench.shadow:create_module``, which returns
    the test module unchanged) and that import wraps ``Mirror._handle`` (the shadow
    worker's per-copy coroutine: the module call, the comparison, the counting) in an
@@ -73,6 +78,11 @@ from bench.common import row, run_meta  # noqa: E402
 SHADOW = "{percent: %s, compare: {normalise: [timestamp], ignore: ['$.nonce']}}"
 WARMUP = 500
 CPU_METRIC = "bench_shadow_worker_cpu_seconds_total"
+WORKER_CPU_METRIC = "gateway_shadow_worker_cpu_seconds_total"
+# the gateways, each with the route at (percent, isolation); their rounds alternate
+VARIANTS = {"off": (0, "loop"), "loop": (100, "loop"), "process": (100, "process")}
+LABELS = {"off": "shadow 0 %", "process": "shadow 100 % (isolation process)",
+          "loop": "shadow 100 % (isolation loop)"}  # fmt: skip
 COPIES_METRIC = "bench_shadow_worker_copies_total"
 
 
@@ -264,37 +274,41 @@ def main() -> int:
         "CHATGW_EXTRA_MODULES": f"shadowtest={loader}:create_module",
         "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
     }
-    gws: dict[int, Any] = {}
-    times: dict[int, list[float]] = {0: [], 100: []}
-    cpu = {0: 0.0, 100: 0.0}
-    worker_cpu = 0.0
-    worker_handled = 0.0
-    copies = 0
-    counts: dict[str, int] = {}
+    gws: dict[str, Any] = {}
+    times: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    cpu = dict.fromkeys(VARIANTS, 0.0)
+    copies = dict.fromkeys(VARIANTS, 0)
+    counts: dict[str, dict[str, int]] = {}
+    loop_cpu = loop_handled = process_cpu = 0.0
     try:
         _wait_upstream(upstream, up)
-        for p in (0, 100):
-            gws[p] = ShadowGateway(helpers.routes_text(upstream, SHADOW % p), env, work)
-            started.append(gws[p])
-        procs = {p: psutil.Process(g.proc.pid) for p, g in gws.items()}
+        for v, (percent, isolation) in VARIANTS.items():
+            settings = f"  shadow: {{isolation: {isolation}, nice: {os.environ.get('BENCH_SHADOW_NICE', 10)}}}"
+            text = helpers.routes_text(upstream, SHADOW % percent, settings=settings)
+            gws[v] = ShadowGateway(text, env, work)
+            started.append(gws[v])
+        procs = {v: psutil.Process(g.proc.pid) for v, g in gws.items()}
         for g in gws.values():
             asyncio.run(load(g.url, warmup, args.concurrency))
-        expected = gws[100].wait_counts(warmup)  # the warm-up's copies, all done
-        done = sum(expected.values())
-        copies0 = done
-        w0 = scrape(gws[100].admin, CPU_METRIC), scrape(gws[100].admin, COPIES_METRIC)
+        done = {v: sum(g.wait_counts(warmup if v != "off" else 0).values())
+                for v, g in gws.items()}  # fmt: skip
+        first = dict(done)
+        w0 = scrape(gws["loop"].admin, CPU_METRIC), scrape(gws["loop"].admin, COPIES_METRIC)
+        p0 = scrape(gws["process"].admin, WORKER_CPU_METRIC)
         for rnd in range(rounds):
-            for p, g in gws.items():
-                print(f"round {rnd + 1}/{rounds}: shadow {p} % ...", file=sys.stderr, flush=True)
-                c0 = sum(procs[p].cpu_times()[:2])
-                times[p] += asyncio.run(load(g.url, requests, args.concurrency))
-                if p == 100:  # every copy of this round counted before the CPU is read
-                    done = sum(g.wait_counts(done + requests, timeout=30).values())
-                cpu[p] += sum(procs[p].cpu_times()[:2]) - c0
-        counts = gws[100].counts()
-        copies = sum(counts.values()) - copies0
-        worker_cpu = scrape(gws[100].admin, CPU_METRIC) - w0[0]
-        worker_handled = scrape(gws[100].admin, COPIES_METRIC) - w0[1]
+            for v, g in gws.items():
+                print(f"round {rnd + 1}/{rounds}: {LABELS[v]} ...", file=sys.stderr, flush=True)
+                c0 = sum(procs[v].cpu_times()[:2])
+                times[v] += asyncio.run(load(g.url, requests, args.concurrency))
+                if v != "off":  # every copy of this round counted before the CPU is read
+                    done[v] = sum(g.wait_counts(done[v] + requests, timeout=30).values())
+                cpu[v] += sum(procs[v].cpu_times()[:2]) - c0
+        for v, g in gws.items():
+            counts[v] = g.counts()
+            copies[v] = sum(counts[v].values()) - first[v]
+        loop_cpu = scrape(gws["loop"].admin, CPU_METRIC) - w0[0]
+        loop_handled = scrape(gws["loop"].admin, COPIES_METRIC) - w0[1]
+        process_cpu = scrape(gws["process"].admin, WORKER_CPU_METRIC) - p0
     finally:
         stop_everything()
 
@@ -302,59 +316,63 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     ok = True
     lines = []
-    for name, q in (("p50", 0.5), ("p99", 0.99)):
-        off, on = pct(times[0], q) * 1000, pct(times[100], q) * 1000
-        within = on <= off * 1.05 + 0.1
-        ok &= within
-        change = (on / off - 1) * 100
-        lines.append(f"{name}: shadow 0 % {off:.2f} ms, 100 % {on:.2f} ms ({change:+.1f} %) "
-                     f"{'PASS' if within else 'MISS'}")  # fmt: skip
-        rows.append(row(f"shadow 100 %: primary {name} vs off", change, "%",
-                        "within 5 % (+0.1 ms floor)", reference=f"shadow 0 %: primary {name} ms",
-                        ref_value=off, ok=within))  # fmt: skip
-        rows.append(row(f"shadow 100 %: primary {name}", on, "ms", "info",
-                        reference=f"shadow 0 %: primary {name}", ref_value=off))  # fmt: skip
-    mean_off, mean_on = statistics.mean(times[0]) * 1000, statistics.mean(times[100]) * 1000
-    per_req = {p: cpu[p] / n * 1e6 for p in cpu}
-    marginal_per_copy = (cpu[100] - cpu[0]) / max(copies, 1) * 1e6
-    in_worker = worker_cpu / max(worker_handled, 1) * 1e6
+    for v in ("loop", "process"):
+        judged = v == "loop"
+        for name, q in (("p50", 0.5), ("p99", 0.99)):
+            off, on = pct(times["off"], q) * 1000, pct(times[v], q) * 1000
+            within = on <= off * 1.05 + 0.1
+            if judged:
+                ok &= within
+            change = (on / off - 1) * 100
+            verdict = ("PASS" if within else "MISS") if judged else "(info)"
+            lines.append(f"{name}: {LABELS['off']} {off:.2f} ms, {LABELS[v]} {on:.2f} ms "
+                         f"({change:+.1f} %) {verdict}")  # fmt: skip
+            rows.append(row(f"{LABELS[v]}: primary {name} vs off", change, "%",
+                            "within 5 % (+0.1 ms floor)" if judged else "info",
+                            reference=f"shadow 0 %: primary {name} ms", ref_value=off,
+                            ok=within if judged else None))  # fmt: skip
+            rows.append(row(f"{LABELS[v]}: primary {name}", on, "ms", "info",
+                            reference=f"shadow 0 %: primary {name}", ref_value=off))  # fmt: skip
+    mean = {v: statistics.mean(times[v]) * 1000 for v in VARIANTS}
+    per_req = {v: cpu[v] / n * 1e6 for v in VARIANTS}
+    marginal = {v: (cpu[v] - cpu["off"]) / max(copies[v], 1) * 1e6 for v in ("loop", "process")}
+    in_loop = loop_cpu / max(loop_handled, 1) * 1e6
+    in_process = process_cpu / max(copies["process"], 1) * 1e6
     rows += [
-        row("shadow 100 %: primary mean", mean_on, "ms", "info",
-            reference="shadow 0 %: primary mean", ref_value=mean_off),
-        row("shadow cost per copy, by difference (process CPU/request at 100 % − at 0 %)",
-            marginal_per_copy, "µs", "info"),
+        row(f"{LABELS['process']}: shadow side CPU per copy, in the worker process "
+            "(gateway_shadow_worker_cpu_seconds_total)", in_process, "µs", "info"),
+        row(f"{LABELS['process']}: serving process CPU per copy (hand-off; process CPU/request "
+            "− at 0 %)", marginal["process"], "µs", "info"),
+        row(f"{LABELS['loop']}: shadow cost per copy, by difference (process CPU/request − at "
+            "0 %)", marginal["loop"], "µs", "info"),
     ]  # fmt: skip
     if not args.no_probe:
-        rows += [
-            row("shadow side CPU per copy, measured in the shadow workers (Mirror._handle "
-                "steps)", in_worker, "µs", "info"),
-            row("primary-path + scheduling part of the shadow cost (difference − in-worker)",
-                marginal_per_copy - in_worker, "µs", "info (estimate: two noisy figures)"),
-        ]  # fmt: skip
-    rows += [
-        row("gateway CPU per request, shadow 0 %", per_req[0], "µs", "info"),
-        row("gateway CPU per request, shadow 100 %", per_req[100], "µs", "info",
-            reference="shadow 0 %", ref_value=per_req[0]),
-        row("copies made (measured rounds)", copies, "copies", "info (= requests)",
-            reference="primary requests", ref_value=n),
-    ]  # fmt: skip
+        rows.append(
+            row(f"{LABELS['loop']}: shadow side CPU per copy, measured in the shadow workers "
+                "(Mirror._handle steps)", in_loop, "µs", "info"),
+        )  # fmt: skip
+    for v in VARIANTS:
+        rows.append(row(f"serving process CPU per request, {LABELS[v]}", per_req[v], "µs", "info",
+                        reference="shadow 0 %", ref_value=per_req["off"]))  # fmt: skip
+    rows.append(row(f"copies made (measured rounds), {LABELS['process']}", copies["process"],
+                    "copies", "info (= requests)", reference="primary requests",
+                    ref_value=n))  # fmt: skip
 
-    print(f"\n{n} requests per side, concurrency {args.concurrency}, {rounds} rounds "
+    print(f"\n{n} requests per gateway, concurrency {args.concurrency}, {rounds} rounds "
           f"(warm-up {warmup}), load {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after")  # fmt: skip
     print("\n".join(lines))
-    print(f"mean: {mean_off:.2f} ms vs {mean_on:.2f} ms")
-    print(f"shadow side: {copies} copies {counts}")
-    print(f"  gateway process CPU {cpu[0]:.2f} s at 0 %, {cpu[100]:.2f} s at 100 % "
-          f"({per_req[0]:.0f} vs {per_req[100]:.0f} µs per request): "
-          f"{marginal_per_copy:.0f} µs per copy by difference")  # fmt: skip
-    if args.no_probe:
-        print("  inside the shadow workers: not measured (--no-probe)")
-    else:
-        print(f"  measured inside the shadow workers: {worker_cpu:.3f} s over "
-              f"{worker_handled:.0f} copies = {in_worker:.0f} µs per copy "
-              f"(the rest, {marginal_per_copy - in_worker:.0f} µs, is the primary-path tap, "
-              f"queueing and the loop's scheduling)")  # fmt: skip
-    print("RESULT:", "PASS" if ok else "MISS", "(within 5 % of shadowing off)")
+    print("mean: " + ", ".join(f"{LABELS[v]} {mean[v]:.2f} ms" for v in VARIANTS))
+    print(f"copies: process {copies['process']} {counts.get('process')}, "
+          f"loop {copies['loop']} {counts.get('loop')}")  # fmt: skip
+    print("serving process CPU per request: "
+          + ", ".join(f"{LABELS[v]} {per_req[v]:.0f} µs" for v in VARIANTS))  # fmt: skip
+    print(f"  isolation process: {in_process:.0f} µs per copy in the worker process, "
+          f"{marginal['process']:.0f} µs per copy on the serving process (the tap and the "
+          "hand-off, by difference)")  # fmt: skip
+    probe = "not measured (--no-probe)" if args.no_probe else f"{in_loop:.0f} µs measured inside"
+    print(f"  isolation loop: {marginal['loop']:.0f} µs per copy by difference, {probe} "
+          "the shadow workers")  # fmt: skip
+    print("RESULT:", "PASS" if ok else "MISS", "(isolation loop within 5 % of shadowing off)")
 
     meta = {
         **run_meta(load_before),
@@ -364,16 +382,19 @@ def main() -> int:
         "warmup": warmup,
         "concurrency": args.concurrency,
         "shadow_counts": counts,
-        "gateway_cpu_s": {"0": cpu[0], "100": cpu[100]},
-        "worker_cpu_s": None if args.no_probe else worker_cpu,
-        "worker_copies": None if args.no_probe else worker_handled,
+        "gateway_cpu_s": cpu,
+        "process_worker_cpu_s": process_cpu,
+        "loop_worker_cpu_s": None if args.no_probe else loop_cpu,
+        "loop_worker_copies": None if args.no_probe else loop_handled,
         "probe": not args.no_probe,
         "method": (
-            "two gateway processes, shadow percent 0 and 100 on the same route, alternating "
-            "rounds, httpx client at the given concurrency; p50/p99 over all rounds. Shadow "
-            "CPU: (1) thread CPU time around every step of Mirror._handle in the 100 % "
-            "gateway (instrumented by this bench's module loader); (2) process CPU per "
-            "request at 100 % minus at 0 %, per copy, after each round's copies are done."
+            "three gateway processes on the same route: shadow 0 %, 100 % with isolation "
+            "loop (judged), 100 % with isolation process (info); alternating rounds, httpx "
+            "client at the given concurrency; p50/p99 over all rounds. Shadow CPU: the worker "
+            "process's own CPU (gateway_shadow_worker_cpu_seconds_total); in loop isolation "
+            "thread CPU time around every step of Mirror._handle (this bench's module "
+            "loader); and each serving process's CPU per request minus at 0 %, per copy, "
+            "after each round's copies are done."
         ),
     }
     os.makedirs(os.path.join(ROOT, "bench", "results"), exist_ok=True)

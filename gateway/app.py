@@ -214,6 +214,7 @@ class Gateway:
     def _publish_weights(self) -> None:
         for r in self.table.config.routes:
             self.metrics.new_percent.labels(r.name).set(self.table.basis(r) / 100)
+        self.shadow.weights_changed()
 
     # ----------------------------------------------------------------- decision
 

@@ -30,7 +30,8 @@ Example::
                     noise: true, redact: [password]}
 
     settings:
-      shadow: {queue: 1000, workers: 8, timeout: 5s, samples: 200}
+      shadow: {queue: 1000, workers: 8, timeout: 5s, samples: 200,
+               isolation: loop, nice: 10}   # process: copies in a child at lower priority
       record: {path: traffic.jsonl, percent: 1, redact_fields: [password]}
 """
 
@@ -117,6 +118,8 @@ class ShadowSettings:
     workers: int = 8
     timeout: float = 5.0
     samples: int = 200
+    isolation: str = "loop"  # loop: copies in the serving loop; process: a child at `nice`
+    nice: int = 10
 
 
 @dataclass(frozen=True)

@@ -49,12 +49,23 @@ def shadow_status(gateway: Gateway) -> dict[str, Any]:
                 {"counts": {}, "match_rate": None, "window": None, "mismatch_rate": None},
             ),
         }
-    queue = gateway.shadow.queue
-    return {
+    mirror = gateway.shadow
+    queue = mirror.queue
+    out: dict[str, Any] = {
         "routes": routes,
         "queue": {"depth": queue.qsize() if queue else 0, "size": queue.maxsize if queue else 0},
-        "samples": len(gateway.shadow.results.samples),
+        "samples": len(mirror.results.samples),
+        "isolation": "process" if mirror.isolated else "loop",
     }
+    if mirror.isolated and mirror.worker is not None:
+        worker = mirror.worker
+        out["worker"] = {
+            "pid": worker.pid,
+            "in_flight": len(worker.in_flight),
+            "cpu_seconds": round(worker.cpu_total, 6),
+            "restarts": worker.restarted,
+        }
+    return out
 
 
 def routes(gateway: Gateway, control: ControlPlane | None = None) -> list[Route]:

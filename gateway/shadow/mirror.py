@@ -22,6 +22,9 @@ How a copy travels:
    fresh receive/send, or the legacy upstream through the mirror's *own* pools — within
    ``settings.shadow.timeout``; with ``compare.noise`` a safe request is also sent once
    more to the primary side. :func:`.compare.compare` decides; :mod:`.results` counts.
+   With ``settings.shadow.isolation: process`` step 3 happens in a child process at lower
+   CPU priority (:mod:`.process`): ``submit`` hands the copy over a pipe, the outcomes come
+   back to the same :mod:`.results`.
 
 The marker header ``x-gateway-shadow`` (skipper's ``tee`` loop detection):
 
@@ -57,6 +60,7 @@ from ..split import BUCKETS
 from ..upstream import UpstreamPool
 from . import MARKER
 from .compare import Exchange, compare
+from .process import ShadowProcess
 from .record import Recorder
 from .results import ShadowResults, redact_body, redact_differences, redact_headers, redact_query
 
@@ -161,6 +165,8 @@ class Mirror:
         self.pools: dict[str, UpstreamPool] = {}
         self.recorder = Recorder()
         self.recording = False
+        self.worker: ShadowProcess | None = None  # isolation: process (set at start)
+        self.isolated = False
         self.copies = 0  # shadow calls made (the benchmark accounts for them apart)
         self.configure(gateway.table.config)
 
@@ -171,9 +177,23 @@ class Mirror:
         self.recorder.configure(config.settings.record)
         self.recording = config.settings.record is not None
         self.results.resize(config.settings.shadow.samples)
+        if self.isolated and self.worker is not None:
+            self.worker.configure(config)
+
+    def weights_changed(self) -> None:
+        """The live split changed: the worker process's module-to-module calls follow it."""
+        if self.isolated and self.worker is not None:
+            self.worker.send_weights()
 
     async def start(self) -> None:
+        """Queue and workers; with ``isolation: process`` the worker process too (isolation
+        and queue size are read here: a change takes effect at the next start)."""
         settings = self.gateway.table.config.settings.shadow
+        if settings.isolation == "process":
+            if self.worker is None:
+                self.worker = ShadowProcess(self)
+            await self.worker.start()
+            self.isolated = True
         self.queue = asyncio.Queue(settings.queue)
         self.workers = [
             asyncio.create_task(self._work(), name=f"shadow-{i}") for i in range(settings.workers)
@@ -181,6 +201,9 @@ class Mirror:
 
     async def stop(self) -> None:
         self.queue = None
+        if self.isolated and self.worker is not None:
+            await self.worker.stop()
+            self.isolated = False
         for task in self.workers:
             task.cancel()
         for task in self.workers:
@@ -242,6 +265,9 @@ class Mirror:
                 self.results.count(tap.route.name, "too_large")
             return
         tap.headers = headers
+        if self.isolated and not tap.record:
+            self._to_worker(tap)  # straight over the pipe: no task switch on this loop
+            return
         try:
             self.queue.put_nowait(tap)
         except asyncio.QueueFull:
@@ -267,6 +293,9 @@ class Mirror:
         if tap.record:
             self.recorder.write(tap)
         if not tap.mirror:
+            return
+        if self.isolated:
+            self._to_worker(tap)
             return
         route = tap.route
         sh = route.shadow
@@ -325,6 +354,11 @@ class Mirror:
                 "noisy": result.noisy,
             }
         )
+
+    def _to_worker(self, tap: Tap) -> None:
+        assert self.worker is not None
+        if not self.worker.send(tap):
+            self.results.count(tap.route.name, "dropped")
 
     def _copy_headers(self, tap: Tap, marker: bytes, body: bytes) -> list[tuple[bytes, bytes]]:
         out = [(k, v) for k, v in end_to_end(tap.headers) if k not in (b"content-length", MARKER)]

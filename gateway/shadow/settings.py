@@ -140,9 +140,9 @@ def parse_shadow(
 
 def parse_shadow_settings(doc: _Doc, raw: Any, p: str) -> ShadowSettings:
     if not isinstance(raw, dict):
-        doc.issue(p, "must be a mapping (queue, workers, timeout, samples)")
+        doc.issue(p, "must be a mapping (queue, workers, timeout, samples, isolation, nice)")
         return ShadowSettings()
-    _check_keys(doc, raw, p, ["queue", "workers", "timeout", "samples"])
+    _check_keys(doc, raw, p, ["queue", "workers", "timeout", "samples", "isolation", "nice"])
     kw: dict[str, Any] = {}
     for key, top in (("queue", 1_000_000), ("workers", 1000), ("samples", 100_000)):
         if key in raw:
@@ -157,6 +157,22 @@ def parse_shadow_settings(doc: _Doc, raw: Any, p: str) -> ShadowSettings:
             _bad(doc, f"{p}.timeout", raw["timeout"], "a duration like 5s or 500ms")
         else:
             kw["timeout"] = t
+    if "isolation" in raw:
+        iso = raw["isolation"]
+        if iso in ("loop", "process"):
+            kw["isolation"] = iso
+        else:
+            doc.issue(
+                f"{p}.isolation",
+                f"{iso!r} must be loop (copies in the serving process) or process (copies in a"
+                " child process at lower CPU priority)",
+            )
+    if "nice" in raw:
+        n = raw["nice"]
+        if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 19:
+            kw["nice"] = n
+        else:
+            doc.issue(f"{p}.nice", f"{n!r} is not a whole number between 0 and 19")
     return ShadowSettings(**kw)
 
 

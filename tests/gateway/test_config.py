@@ -235,3 +235,16 @@ def test_route_timeout_defaults_to_upstream_read_timeout() -> None:
         '{url: "http://127.0.0.1:8001"}', '{url: "http://127.0.0.1:8001", read_timeout: 7s}'
     )
     assert parse(text).routes[0].timeout == 7.0
+
+
+def test_shadow_isolation_and_nice() -> None:
+    settings = parse(GOOD + "settings:\n  shadow: {isolation: process, nice: 19}\n").settings
+    assert (settings.shadow.isolation, settings.shadow.nice) == ("process", 19)
+    default = parse(GOOD).settings.shadow
+    assert (default.isolation, default.nice) == ("loop", 10)
+    text = GOOD + "settings:\n  shadow: {isolation: thread, nice: 20}\n"
+    assert issues_of(text) == [
+        "routes.yaml:11 settings.shadow.isolation: 'thread' must be loop (copies in the serving"
+        " process) or process (copies in a child process at lower CPU priority)",
+        "routes.yaml:11 settings.shadow.nice: 20 is not a whole number between 0 and 19",
+    ]

@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 from gateway_process import ROOT
-from shadow_helpers import ADMIN_TOKEN, ShadowGateway, _free_port
+from shadow_helpers import ADMIN_TOKEN, ShadowGateway, _free_port, with_isolation
 
 
 @pytest.fixture(scope="session")
@@ -38,11 +38,21 @@ def test_upstream() -> Iterator[str]:
     proc.wait(10)
 
 
+@pytest.fixture(params=["loop", "process"])
+def shadow_isolation(request: pytest.FixtureRequest) -> str:
+    """Every shadow test runs with the copies in the serving loop and in a worker process
+    (``settings.shadow.isolation``), unless its config names one itself."""
+    return str(request.param)
+
+
 @pytest.fixture
-def shadow_gateway(test_upstream: str, tmp_path: Any) -> Iterator[Callable[..., ShadowGateway]]:
+def shadow_gateway(
+    test_upstream: str, tmp_path: Any, shadow_isolation: str
+) -> Iterator[Callable[..., ShadowGateway]]:
     made: list[ShadowGateway] = []
 
     def make(text: str, **env: str) -> ShadowGateway:
+        text = with_isolation(text, shadow_isolation)
         full = {
             "CHATGW_EXTRA_MODULES": "shadowtest=tests.shadow.shadow_apps:create_module",
             "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
@@ -50,6 +60,8 @@ def shadow_gateway(test_upstream: str, tmp_path: Any) -> Iterator[Callable[..., 
         }
         gw = ShadowGateway(text, full, str(tmp_path))
         made.append(gw)
+        if shadow_isolation in ("loop", "process") and full.get("GATEWAY_ADMIN_TOKEN"):
+            assert gw.api("/api/shadow")["isolation"] == shadow_isolation
         return gw
 
     yield make

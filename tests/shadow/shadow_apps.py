@@ -6,19 +6,24 @@ Knobs, read per request from the environment of the process that runs the module
 
 ``SHADOW_TEST_SLOW``   seconds the module sleeps before answering (slow shadow side)
 ``SHADOW_TEST_BREAK``  1: the module answers ``name`` in upper case (a deliberate bug)
+``SHADOW_TEST_FAIL_IN_WORKER``  1: the module fails to start in the shadow worker process
+                       (``settings.shadow.isolation: process``), and only there
 
 Endpoints: ``GET /api/items/{id}`` → ``{"id", "name", "at", "nonce"}`` (``nonce`` random:
 noise), ``GET /api/headers`` → the request headers it received, ``GET /api/big?n=`` → n
 bytes of JSON, ``POST /api/items`` → counts writes (``GET /api/writes`` reads the count),
-``GET /api/stream`` → a small SSE stream.
+``GET /api/stream`` → a small SSE stream, ``GET /api/pid`` → the process that answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
+import sys
 import time
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
@@ -27,6 +32,18 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 WRITES = {"n": 0}
+
+
+def _in_shadow_worker() -> bool:
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return spec is not None and spec.name == "gateway.shadow.worker"
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    if os.environ.get("SHADOW_TEST_FAIL_IN_WORKER") == "1" and _in_shadow_worker():
+        raise RuntimeError("shadowtest refuses to start in the shadow worker (test knob)")
+    yield
 
 
 def _app(side: str) -> Starlette:
@@ -61,6 +78,9 @@ def _app(side: str) -> Starlette:
     async def writes(request: Request) -> Response:
         return JSONResponse({"side": side, "writes": WRITES["n"]})
 
+    async def pid(request: Request) -> Response:
+        return JSONResponse({"side": side, "pid": os.getpid()})
+
     async def stream(request: Request) -> Response:
         async def events() -> Any:
             for piece in ("Hel", "lo") if side == "legacy" else ("H", "ello"):
@@ -77,7 +97,9 @@ def _app(side: str) -> Starlette:
             Route("/api/headers", headers, methods=["GET", "POST"]),
             Route("/api/big", big),
             Route("/api/stream", stream),
-        ]
+            Route("/api/pid", pid),
+        ],
+        lifespan=_lifespan if side == "new" else None,
     )
 
 

@@ -37,6 +37,20 @@ routes:
 """
 
 
+def with_isolation(text: str, isolation: str) -> str:
+    """``text`` with ``settings.shadow.isolation`` set (added to the test's own
+    ``settings.shadow`` mapping when it has one)."""
+    if isolation not in ("loop", "process") or "isolation:" in text:
+        return text  # the config as the test wrote it
+    if "\nsettings: {" in text:
+        return text.replace(
+            "\nsettings: {", f"\nsettings: {{shadow: {{isolation: {isolation}}}, ", 1
+        )
+    if "\n  shadow: {" in text:
+        return text.replace("\n  shadow: {", f"\n  shadow: {{isolation: {isolation}, ", 1)
+    return text.replace("\nsettings:\n", f"\nsettings:\n  shadow: {{isolation: {isolation}}}\n", 1)
+
+
 class ShadowGateway(GatewayProcess):
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, trust_env=False, timeout=15)

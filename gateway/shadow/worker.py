@@ -1,0 +1,178 @@
+"""The shadow worker process: ``python -m gateway.shadow.worker``, started by the gateway.
+
+See :mod:`.process` for why and how. This side reads frames from stdin: ``start`` (the
+config, the modules' environment, the nice value) once, then ``tap`` (one copy to make),
+``config`` (a reloaded config) and ``weights`` (the live split, for module-to-module calls);
+the end of stdin means stop once the copies in hand are done. It writes frames of event
+lists to stdout: ``count`` and ``sample`` (what :class:`.results.ShadowResults` would have
+recorded), ``done`` (a copy finished) and ``cpu`` (this process's CPU so far). Anything else
+that writes to stdout (a stray print in a module) goes to stderr: fd 1 is pointed there once
+the frame pipe has its own descriptor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from .process import frame, read_frame
+
+log = logging.getLogger("chatgw.shadow.worker")
+# Outcomes go back together every RESULT_DELAY: the serving process wakes up for a batch,
+# not for every copy (the counts and the guard's window are seconds wide).
+RESULT_DELAY = 0.01
+
+
+class RelayedResults:
+    """Stands in for :class:`.results.ShadowResults`: every outcome goes to the parent."""
+
+    def __init__(self, out: asyncio.WriteTransport) -> None:
+        self.out = out
+        self.events: list[tuple[Any, ...]] = []
+        self._armed = False
+
+    def count(self, route: str, result: str) -> None:
+        self._emit(("count", route, result))
+
+    def add_sample(self, sample: dict[str, Any]) -> None:
+        self._emit(("sample", sample))
+
+    def done(self, job: int) -> None:
+        self._emit(("done", job))
+
+    def resize(self, samples: int) -> None:
+        pass  # the parent keeps the samples
+
+    def _emit(self, event: tuple[Any, ...]) -> None:
+        self.events.append(event)
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_later(RESULT_DELAY, self.flush)
+
+    def flush(self) -> None:
+        self._armed = False
+        if self.events and not self.out.is_closing():
+            t = os.times()
+            self.events.append(("cpu", t.user + t.system))
+            self.out.write(frame(self.events))
+        self.events = []
+
+
+async def _pipes() -> tuple[asyncio.StreamReader, asyncio.WriteTransport]:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=2**30)
+    await loop.connect_read_pipe(
+        lambda: asyncio.StreamReaderProtocol(reader), os.fdopen(0, "rb", buffering=0)
+    )
+    frames_fd = os.dup(1)
+    os.dup2(2, 1)  # stdout is the frame pipe's only writer from here on
+    sys.stdout = sys.stderr
+    transport, _ = await loop.connect_write_pipe(
+        asyncio.Protocol, os.fdopen(frames_fd, "wb", buffering=0)
+    )
+    return reader, transport
+
+
+async def run() -> int:
+    from ..app import Gateway
+    from .mirror import Tap
+
+    reader, out = await _pipes()
+    try:
+        _, config, env, nice = await read_frame(reader)
+    except asyncio.IncompleteReadError:
+        return 0
+    with contextlib.suppress(OSError):
+        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    gateway = Gateway(config, env=env)
+    results = RelayedResults(out)
+    gateway.shadow.results = results  # type: ignore[assignment]
+    try:
+        await gateway.startup()
+    except Exception as exc:
+        out.write(frame(("failed", str(exc) or repr(exc))))
+        await _drain(out)
+        return 1
+    out.write(frame(("ready", os.getpid())))
+    mirror = gateway.shadow
+    queue: asyncio.Queue[tuple[int, Tap]] = asyncio.Queue()
+
+    async def work() -> None:
+        while True:
+            job, tap = await queue.get()
+            try:
+                await mirror._handle(tap)
+            except Exception:
+                log.exception("shadow copy failed on route %s", tap.route.name)
+                results.count(tap.route.name, "error")
+            finally:
+                results.done(job)
+                queue.task_done()
+
+    workers = [
+        asyncio.create_task(work(), name=f"shadow-{i}")
+        for i in range(config.settings.shadow.workers)
+    ]
+    while True:
+        try:
+            msg = await read_frame(reader)
+        except asyncio.IncompleteReadError:
+            break
+        kind = msg[0]
+        if kind == "tap":
+            _, job, name, primary, scope, limit, body, headers, status, resp_headers, resp_body = (
+                msg
+            )
+            route = gateway.table.config.route(name)
+            if route is None:  # gone in a reload the parent sent after this copy
+                results.count(name, "error")
+                results.done(job)
+                continue
+            tap = Tap(route, primary, scope, limit, mirror=True, record=False)
+            tap.body, tap.headers, tap.status = body, headers, status
+            tap.resp_headers, tap.resp_body = resp_headers, resp_body
+            queue.put_nowait((job, tap))
+        elif kind == "config":
+            try:
+                await gateway.apply_config(msg[1])
+            except Exception:
+                log.exception("shadow worker: the new config could not be applied")
+        elif kind == "weights":
+            gateway.set_weights(msg[1])
+    await queue.join()
+    for task in workers:
+        task.cancel()
+    await gateway.shutdown()
+    results.flush()
+    await _drain(out)
+    return 0
+
+
+async def _drain(out: asyncio.WriteTransport, timeout: float = 5.0) -> None:
+    """Close the frame pipe once what is written has reached the parent."""
+    out.close()  # a pipe transport closes after its buffer is written
+    for _ in range(int(timeout / 0.01)):
+        if out.get_write_buffer_size() == 0:
+            return
+        await asyncio.sleep(0.01)
+
+
+def main() -> None:
+    # The gateway decides when this process ends (it closes stdin); a Ctrl-C aimed at the
+    # gateway's process group must not cut copies short or leave the parent waiting.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.WARNING,
+        format="%(asctime)s shadow-worker[%(process)d] %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    sys.exit(asyncio.run(run()))
+
+
+if __name__ == "__main__":
+    main()
