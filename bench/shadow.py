@@ -12,9 +12,9 @@ service under uvicorn, and the same app as the in-process module ``shadowtest``)
 ``shadow: {percent: 0}`` (off: the route is configured for shadowing but no request is
 mirrored), one at ``percent: 100`` with the default ``settings.shadow.isolation: loop`` (the
 copies in the serving loop) and one at 100 % with ``isolation: process`` (the copies in a
-worker process at nice 10, ``BENCH_SHADOW_NICE`` to change it). Judged: ``loop`` as run
-here (everything shares both cores: the setting the README recommends for that), and
-``process`` with ``--pin`` (the gateway on a core of its own); the other is information. Every GET is copied to the
+worker process in the idle scheduling class, the default ``nice: idle``;
+``BENCH_SHADOW_NICE=10`` for a nice value instead). Judged: ``process``, the isolation the
+README recommends for shadowing a route at 100 %; ``loop`` is information. Every GET is copied to the
 module and compared. The client is an httpx AsyncClient at ``--concurrency`` (2)
 keep-alive connections, ``GET /api/items/{i}``; each response is checked (200). After a
 warm-up (500 requests each), ``--rounds`` rounds alternate between the gateways so that
@@ -50,7 +50,7 @@ Output: a table, and ``bench/results/shadow.json`` (``shadow_pinned.json`` with 
 [{"figure", "value", "unit", "reference", "ref_value", "target", "pass"}], "meta": {...}}``.
 ``--pin``: the gateways (with their shadow worker processes) on CPU 1, the client and
 the upstream on CPU 0, as when the gateway has a core of its own: the copies then compete
-only with the primary they copy, and ``nice`` decides between the two processes.
+only with the primary they copy, and the scheduling class decides between the two processes.
 ``--quick``: 1 000 requests × 2 rounds (smoke test); ``--no-probe``: the module loaded
 directly, without the CPU clock (to check that the clock does not move the latencies: it
 does not, within this box's run-to-run noise). Exit status 1 on MISS. Every process
@@ -291,7 +291,7 @@ def main() -> int:
     try:
         _wait_upstream(upstream, up)
         for v, (percent, isolation) in VARIANTS.items():
-            settings = f"  shadow: {{isolation: {isolation}, nice: {os.environ.get('BENCH_SHADOW_NICE', 10)}}}"
+            settings = f"  shadow: {{isolation: {isolation}, nice: {os.environ.get('BENCH_SHADOW_NICE', 'idle')}}}"
             text = helpers.routes_text(upstream, SHADOW % percent, settings=settings)
             gws[v] = ShadowGateway(text, env, work)
             started.append(gws[v])
@@ -330,9 +330,7 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     ok = True
     lines = []
-    # Judged: the isolation this setup calls for (README): loop where the load shares the
-    # gateway's cores, process where the gateway has a core of its own (--pin).
-    judge = "process" if args.pin else "loop"
+    judge = "process"  # what the README recommends for a route shadowed at 100 %
     setup = "pinned: " if args.pin else ""
     for v in ("loop", "process"):
         judged = v == judge

@@ -31,7 +31,7 @@ Example::
 
     settings:
       shadow: {queue: 1000, workers: 8, timeout: 5s, samples: 200,
-               isolation: loop, nice: 10}   # process: copies in a child at lower priority
+               isolation: loop, nice: idle}   # process: copies in a child at lower priority
       record: {path: traffic.jsonl, percent: 1, redact_fields: [password]}
 """
 
@@ -119,7 +119,7 @@ class ShadowSettings:
     timeout: float = 5.0
     samples: int = 200
     isolation: str = "loop"  # loop: copies in the serving loop; process: a child at `nice`
-    nice: int = 10
+    nice: int | str = "idle"  # 0..19, or idle: SCHED_IDLE (CPU no other process wants)
 
 
 @dataclass(frozen=True)

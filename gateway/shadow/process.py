@@ -6,9 +6,11 @@ and every step of it that runs when a primary request becomes ready delays that 
 With ``isolation: process`` the gateway keeps only the :class:`~.mirror.Tap` and the
 hand-off: it pickles the request and the primary answer into one frame on the child's
 stdin and reads the outcomes back from its stdout. The child
-(``python -m gateway.shadow.worker``) runs at ``settings.shadow.nice`` (default 10), so the
-kernel gives the copies only the CPU that the serving process does not want, and the copies
-have a loop of their own.
+(``python -m gateway.shadow.worker``) runs at ``settings.shadow.nice``: by default ``idle``,
+Linux's SCHED_IDLE class, so the kernel gives the copies only CPU that no other process
+wants and preempts them as soon as a request handler wakes up; or a nice value 0..19. The
+copies have a loop of their own. At saturation they wait, the worker's queue fills and
+further copies are counted ``dropped``: the primary is never the one that gives way.
 
 The child builds a :class:`~gateway.app.Gateway` of the same config (its own upstream pools
 and its own instances of the modules: what they keep must live in Redis or MySQL, as it must
@@ -228,7 +230,7 @@ class ShadowProcess:
         self.pipes, self.stdin = pipes, stdin
         self.cpu_now = 0.0
         self.send_weights()
-        log.info("shadow worker process %d started (nice %d)", transport.get_pid(), settings.nice)
+        log.info("shadow worker process %d started (nice %s)", transport.get_pid(), settings.nice)
 
     async def stop(self) -> None:
         """Let the child finish the copies it has (up to the shadow timeout), then end it."""

@@ -169,10 +169,14 @@ def parse_shadow_settings(doc: _Doc, raw: Any, p: str) -> ShadowSettings:
             )
     if "nice" in raw:
         n = raw["nice"]
-        if isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 19:
+        if n == "idle" or (isinstance(n, int) and not isinstance(n, bool) and 0 <= n <= 19):
             kw["nice"] = n
         else:
-            doc.issue(f"{p}.nice", f"{n!r} is not a whole number between 0 and 19")
+            doc.issue(
+                f"{p}.nice",
+                f"{n!r} must be idle (the scheduler's idle class: only CPU no other process"
+                " wants) or a nice value from 0 to 19",
+            )
     return ShadowSettings(**kw)
 
 

@@ -13,7 +13,6 @@ the frame pipe has its own descriptor.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -78,6 +77,22 @@ async def _pipes() -> tuple[asyncio.StreamReader, asyncio.WriteTransport]:
     return reader, transport
 
 
+def lower_priority(nice: int | str) -> None:
+    """``idle``: SCHED_IDLE, the copies run only on CPU that no other process wants (a
+    waking request handler preempts them at once); a number: that nice value (never a
+    higher priority than the gateway's own)."""
+    try:
+        if nice == "idle":
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+        else:
+            assert isinstance(nice, int)
+            os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    except OSError as exc:
+        log.warning(
+            "shadow worker: priority %s not set (%s): copies run at the gateway's", nice, exc
+        )
+
+
 async def run() -> int:
     from ..app import Gateway
     from .mirror import Tap
@@ -87,8 +102,7 @@ async def run() -> int:
         _, config, env, nice = await read_frame(reader)
     except asyncio.IncompleteReadError:
         return 0
-    with contextlib.suppress(OSError):
-        os.setpriority(os.PRIO_PROCESS, 0, max(nice, os.getpriority(os.PRIO_PROCESS, 0)))
+    lower_priority(nice)
     gateway = Gateway(config, env=env)
     results = RelayedResults(out)
     gateway.shadow.results = results  # type: ignore[assignment]

@@ -241,10 +241,13 @@ def test_shadow_isolation_and_nice() -> None:
     settings = parse(GOOD + "settings:\n  shadow: {isolation: process, nice: 19}\n").settings
     assert (settings.shadow.isolation, settings.shadow.nice) == ("process", 19)
     default = parse(GOOD).settings.shadow
-    assert (default.isolation, default.nice) == ("loop", 10)
+    assert (default.isolation, default.nice) == ("loop", "idle")
+    idle = parse(GOOD + "settings:\n  shadow: {isolation: process, nice: idle}\n").settings
+    assert idle.shadow.nice == "idle"
     text = GOOD + "settings:\n  shadow: {isolation: thread, nice: 20}\n"
     assert issues_of(text) == [
         "routes.yaml:11 settings.shadow.isolation: 'thread' must be loop (copies in the serving"
         " process) or process (copies in a child process at lower CPU priority)",
-        "routes.yaml:11 settings.shadow.nice: 20 is not a whole number between 0 and 19",
+        "routes.yaml:11 settings.shadow.nice: 20 must be idle (the scheduler's idle class: only"
+        " CPU no other process wants) or a nice value from 0 to 19",
     ]

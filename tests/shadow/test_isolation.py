@@ -99,6 +99,21 @@ def test_copies_run_in_a_child_process_at_lower_priority(
     assert f'"pid":{pid}' in sample["shadow"]["body"].replace(" ", "")
 
 
+def test_the_worker_runs_in_the_idle_scheduling_class_by_default(
+    shadow_gateway: Make, test_upstream: str
+) -> None:
+    gw = shadow_gateway(
+        routes_text(test_upstream, EXACT, settings="  shadow: {isolation: process}")
+    )
+    pid = gw.api("/api/shadow")["worker"]["pid"]
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+    assert os.sched_getscheduler(gw.proc.pid) == os.SCHED_OTHER
+    with gw.client() as c:
+        for i in range(10):
+            assert c.get(f"/api/items/{i}").status_code == 200
+    assert gw.wait_counts(10)["match"] == 10  # an idle box has CPU to spare for them
+
+
 def test_outcomes_and_worker_cpu_reach_the_gateway(
     shadow_gateway: Make, test_upstream: str
 ) -> None:
