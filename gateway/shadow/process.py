@@ -44,6 +44,7 @@ import pickle
 import struct
 import sys
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import Counter
@@ -97,8 +98,6 @@ def tap_frame(job: int, tap: Tap) -> bytes:
 
 def worker_config(config: GatewayConfig) -> GatewayConfig:
     """``config`` as the child runs it: copies in its own loop, no recording."""
-    from dataclasses import replace
-
     settings = config.settings
     return replace(
         config,
