@@ -49,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -439,9 +440,8 @@ def check_side(t: Target, side: str) -> None:
 
 
 def drop_control_keys() -> None:
-    """Delete this run's control-plane keys from the bench Redis db."""
-    import redis
-
+    """Delete this run's control-plane keys from the bench Redis db (redis is imported at
+    the top: importing it at exit fails, its thread pool cannot register at shutdown)."""
     with contextlib.suppress(redis.RedisError):  # Redis gone: nothing to clean
         client = redis.Redis.from_url(BENCH_REDIS_URL)
         keys = list(client.scan_iter(match=CONTROL_PREFIX + "*", count=1000))
@@ -455,7 +455,6 @@ def seed_session() -> tuple[str, list[str]]:
     import uuid
 
     import jwt
-    import redis
 
     sid = str(uuid.uuid4())
     record = {"sessionId": sid, "userId": "u-bench", "agent": "ai", "context": {},
