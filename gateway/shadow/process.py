@@ -43,7 +43,7 @@ import os
 import pickle
 import struct
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
@@ -68,6 +68,29 @@ SCOPE_KEYS = (
     "type", "asgi", "http_version", "method", "scheme", "path", "raw_path", "query_string",
     "root_path", "headers", "client", "server",
 )  # fmt: skip
+
+
+class Batch:
+    """Items gathered for ``delay`` seconds, then handed to ``out`` together: one pipe
+    write (and one wake-up of the reader) per batch instead of one per item."""
+
+    def __init__(self, delay: float, out: Callable[[list[Any]], None]) -> None:
+        self.delay = delay
+        self.out = out
+        self.items: list[Any] = []
+        self._armed = False
+
+    def add(self, item: Any) -> None:
+        self.items.append(item)
+        if not self._armed:
+            self._armed = True
+            asyncio.get_running_loop().call_later(self.delay, self.flush)
+
+    def flush(self) -> None:
+        self._armed = False
+        items, self.items = self.items, []
+        if items:
+            self.out(items)
 
 
 class ShadowWorkerError(Exception):
@@ -178,8 +201,7 @@ class ShadowProcess:
         self._jobs = itertools.count(1)
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
-        self._out: list[bytes] = []
-        self._flush_armed = False
+        self._out = Batch(HANDOFF_DELAY, self._write_frames)
         self.cpu_done = 0.0  # CPU of earlier (dead) children
         self.cpu_now = 0.0  # the running child's, as it last reported
         self.restarted = 0
@@ -239,7 +261,7 @@ class ShadowProcess:
         pipes, stdin = self.pipes, self.stdin
         if pipes is None or stdin is None:
             return
-        self._flush()
+        self._out.flush()
         stdin.close()  # the child's signal to finish
         timeout = self.mirror.gateway.table.config.settings.shadow.timeout + 5
         try:
@@ -252,11 +274,11 @@ class ShadowProcess:
 
     def configure(self, config: GatewayConfig) -> None:
         if self.stdin is not None:
-            self._write(frame(("config", worker_config(config))))
+            self._out.add(frame(("config", worker_config(config))))
 
     def send_weights(self) -> None:
         if self.stdin is not None:
-            self._write(frame(("weights", dict(self.mirror.gateway.table.weights))))
+            self._out.add(frame(("weights", dict(self.mirror.gateway.table.weights))))
 
     # ----------------------------------------------------------------- hot path
 
@@ -268,22 +290,12 @@ class ShadowProcess:
             return False
         job = next(self._jobs)
         self.in_flight[job] = tap.route.name
-        self._write(tap_frame(job, tap))
+        self._out.add(tap_frame(job, tap))
         return True
 
-    def _write(self, data: bytes) -> None:
-        # Frames go out together every HANDOFF_DELAY: one system call (and one wake-up of
-        # the child) for all of them, instead of one per copy.
-        self._out.append(data)
-        if not self._flush_armed:
-            self._flush_armed = True
-            asyncio.get_running_loop().call_later(HANDOFF_DELAY, self._flush)
-
-    def _flush(self) -> None:
-        self._flush_armed = False
-        out, self._out = self._out, []
-        if out and self.stdin is not None and not self.stdin.is_closing():
-            self.stdin.write(b"".join(out))
+    def _write_frames(self, frames: list[bytes]) -> None:
+        if self.stdin is not None and not self.stdin.is_closing():
+            self.stdin.write(b"".join(frames))
 
     # ----------------------------------------------------------------- outcomes
 

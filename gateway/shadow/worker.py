@@ -19,7 +19,7 @@ import signal
 import sys
 from typing import Any
 
-from .process import frame, read_frame
+from .process import Batch, frame, read_frame
 
 log = logging.getLogger("chatgw.shadow.worker")
 # Outcomes go back together every RESULT_DELAY: the serving process wakes up for a batch,
@@ -32,8 +32,7 @@ class RelayedResults:
 
     def __init__(self, out: asyncio.WriteTransport) -> None:
         self.out = out
-        self.events: list[tuple[Any, ...]] = []
-        self._armed = False
+        self.batch = Batch(RESULT_DELAY, self._send)
 
     def count(self, route: str, result: str) -> None:
         self._emit(("count", route, result))
@@ -48,18 +47,16 @@ class RelayedResults:
         pass  # the parent keeps the samples
 
     def _emit(self, event: tuple[Any, ...]) -> None:
-        self.events.append(event)
-        if not self._armed:
-            self._armed = True
-            asyncio.get_running_loop().call_later(RESULT_DELAY, self.flush)
+        self.batch.add(event)
 
     def flush(self) -> None:
-        self._armed = False
-        if self.events and not self.out.is_closing():
+        self.batch.flush()
+
+    def _send(self, events: list[tuple[Any, ...]]) -> None:
+        if not self.out.is_closing():
             t = os.times()
-            self.events.append(("cpu", t.user + t.system))
-            self.out.write(frame(self.events))
-        self.events = []
+            events.append(("cpu", t.user + t.system))
+            self.out.write(frame(events))
 
 
 async def _pipes() -> tuple[asyncio.StreamReader, asyncio.WriteTransport]:
