@@ -173,12 +173,21 @@ class Mirror:
     # ----------------------------------------------------------------- lifecycle
 
     def configure(self, config: GatewayConfig) -> None:
-        """A new config: record settings and sample store size (queue size: next start)."""
+        """A new config: record settings and sample store size (queue size and isolation:
+        next start)."""
         self.recorder.configure(config.settings.record)
         self.recording = config.settings.record is not None
         self.results.resize(config.settings.shadow.samples)
         if self.isolated and self.worker is not None:
             self.worker.configure(config)
+        wanted = config.settings.shadow.isolation
+        running = "process" if self.isolated else "loop"
+        if self.queue is not None and wanted != running:
+            log.warning(
+                "settings.shadow.isolation is now %s, but the copies keep running in %s "
+                "isolation until the gateway restarts",
+                wanted, running,
+            )  # fmt: skip
 
     def weights_changed(self) -> None:
         """The live split changed: the worker process's module-to-module calls follow it."""

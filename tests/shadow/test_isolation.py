@@ -186,6 +186,21 @@ def test_a_reload_reaches_the_worker(shadow_gateway: Make, test_upstream: str) -
     assert [d["path"] for d in sample["differences"]] == ["$.nonce"]
 
 
+def test_a_reload_does_not_switch_the_isolation_and_says_so(
+    shadow_gateway: Make, test_upstream: str
+) -> None:
+    gw = shadow_gateway(routes_text(test_upstream, EXACT, settings=LOOP))
+    with open(gw.config, "w", encoding="utf-8") as fh:
+        fh.write(routes_text(test_upstream, EXACT, settings=PROCESS))
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    assert _wait(lambda: "config reloaded from" in gw.log(), 10), gw.log()
+    assert "isolation is now process, but the copies keep running in loop" in gw.log()
+    assert gw.api("/api/shadow")["isolation"] == "loop"
+    with gw.client() as c:
+        c.get("/api/items/1")
+    assert gw.wait_counts(1)["match"] == 1
+
+
 def test_a_worker_that_cannot_start_stops_the_gateway_with_the_reason(
     test_upstream: str, tmp_path: object
 ) -> None:
