@@ -531,15 +531,10 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
         ratios["inproc_vs_bare_by_cpu"] = b.cpu_us / max(i.cpu_us, 1e-9)
     sg, sb, sr = results.get("session"), results.get("bare-session"), results.get("bare-redis")
     sgc = results.get("bare-redis-gc")
-    if sg and sb:
-        ratios["session_rps_vs_module_alone"] = sg.rps / sb.rps
-        ratios["session_vs_module_alone_by_cpu"] = sb.cpu_us / max(sg.cpu_us, 1e-9)
-    if sg and sgc:
-        ratios["session_rps_vs_bare_redis_gc"] = sg.rps / sgc.rps
-        ratios["session_vs_bare_redis_gc_by_cpu"] = sgc.cpu_us / max(sg.cpu_us, 1e-9)
-    if sg and sr:
-        ratios["session_rps_vs_bare_redis"] = sg.rps / sr.rps
-        ratios["session_vs_bare_redis_by_cpu"] = sr.cpu_us / max(sg.cpu_us, 1e-9)
+    for key, ref in (("module_alone", sb), ("bare_redis_gc", sgc), ("bare_redis", sr)):
+        if sg and ref:
+            ratios[f"session_rps_vs_{key}"] = sg.rps / ref.rps
+            ratios[f"session_vs_{key}_by_cpu"] = ref.cpu_us / max(sg.cpu_us, 1e-9)
     if g:
         ratios["proxied_rps_per_core_by_cpu"] = 1e6 / max(g.cpu_us, 1e-9)
     print()

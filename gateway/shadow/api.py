@@ -55,7 +55,7 @@ def shadow_status(gateway: Gateway) -> dict[str, Any]:
         "routes": routes,
         "queue": {"depth": queue.qsize() if queue else 0, "size": queue.maxsize if queue else 0},
         "samples": len(mirror.results.samples),
-        "isolation": "process" if mirror.isolated else "loop",
+        "isolation": mirror.isolation,
     }
     if mirror.isolated and mirror.worker is not None:
         worker = mirror.worker

@@ -49,6 +49,7 @@ import contextlib
 import logging
 import random
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import Counter
@@ -82,7 +83,7 @@ class Tap:
     """The request body and the primary answer of one mirrored request, kept up to a bound."""
 
     __slots__ = (
-        "body", "headers", "limit", "mirror", "over", "primary", "record", "resp_body",
+        "body", "headers", "job", "limit", "mirror", "over", "primary", "record", "resp_body",
         "resp_headers", "resp_size", "route", "scope", "size", "status",
     )  # fmt: skip
 
@@ -103,6 +104,7 @@ class Tap:
         self.resp_body: list[bytes] = []
         self.resp_size = 0
         self.headers: list[tuple[bytes, bytes]] = []
+        self.job = 0  # the copy's number in the worker process (isolation: process)
 
     def receive(self, receive: Receive) -> Receive:
         async def tapped() -> Message:
@@ -167,6 +169,9 @@ class Mirror:
         self.recording = False
         self.worker: ShadowProcess | None = None  # isolation: process (set at start)
         self.isolated = False
+        # Called with (tap, failed) once a worker task is through with a tap: the worker
+        # process reports each copy to the gateway this way (.worker).
+        self.on_done: Callable[[Tap, bool], None] | None = None
         self.copies = 0  # shadow calls made (the benchmark accounts for them apart)
         self.configure(gateway.table.config)
 
@@ -180,14 +185,18 @@ class Mirror:
         self.results.resize(config.settings.shadow.samples)
         if self.isolated and self.worker is not None:
             self.worker.configure(config)
-        wanted = config.settings.shadow.isolation
-        running = "process" if self.isolated else "loop"
+        wanted, running = config.settings.shadow.isolation, self.isolation
         if self.queue is not None and wanted != running:
             log.warning(
                 "settings.shadow.isolation is now %s, but the copies keep running in %s "
                 "isolation until the gateway restarts",
                 wanted, running,
             )  # fmt: skip
+
+    @property
+    def isolation(self) -> str:
+        """Where the copies run now (the setting takes effect at start)."""
+        return "process" if self.isolated else "loop"
 
     def weights_changed(self) -> None:
         """The live split changed: the worker process's module-to-module calls follow it."""
@@ -291,12 +300,16 @@ class Mirror:
             if queue is None:
                 return
             tap = await queue.get()
+            failed = False
             try:
                 await self._handle(tap)
             except Exception:
+                failed = True
                 log.exception("shadow copy failed on route %s", tap.route.name)
             finally:
                 queue.task_done()
+                if self.on_done is not None:
+                    self.on_done(tap, failed)
 
     async def _handle(self, tap: Tap) -> None:
         if tap.record:

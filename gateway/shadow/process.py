@@ -47,7 +47,6 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
-from prometheus_client import Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -146,6 +145,12 @@ class _WorkerCollector(Collector):
         )
         flight.add_metric([], len(self.worker.in_flight))
         yield flight
+        restarts = CounterMetricFamily(
+            "gateway_shadow_worker_restarts",
+            "Times the shadow worker process died and was started again",
+        )
+        restarts.add_metric([], self.worker.restarted)
+        yield restarts
 
 
 class _Pipes(asyncio.SubprocessProtocol):
@@ -204,14 +209,8 @@ class ShadowProcess:
         self._out = Batch(HANDOFF_DELAY, self._write_frames)
         self.cpu_done = 0.0  # CPU of earlier (dead) children
         self.cpu_now = 0.0  # the running child's, as it last reported
-        self.restarted = 0
-        registry = mirror.gateway.metrics.registry
-        self.restarts = Counter(
-            "gateway_shadow_worker_restarts",
-            "Times the shadow worker process died and was started again",
-            registry=registry,
-        )
-        registry.register(_WorkerCollector(self))
+        self.restarted = 0  # gateway_shadow_worker_restarts_total
+        mirror.gateway.metrics.registry.register(_WorkerCollector(self))
 
     @property
     def cpu_total(self) -> float:
@@ -332,7 +331,6 @@ class ShadowProcess:
             "starting it again",
             pid, code, len(lost),
         )  # fmt: skip
-        self.restarts.inc()
         self.restarted += 1
         self._restart = asyncio.get_running_loop().create_task(
             self._start_again(), name="shadow-worker-restart"

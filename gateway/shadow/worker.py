@@ -110,25 +110,18 @@ async def run() -> int:
         await _drain(out)
         return 1
     out.write(frame(("ready", os.getpid())))
+    # The copies go through this process's own Mirror queue and workers (loop isolation,
+    # started with the gateway); each one is reported back when a worker is through.
     mirror = gateway.shadow
-    queue: asyncio.Queue[tuple[int, Tap]] = asyncio.Queue()
+    queue = mirror.queue
+    assert queue is not None
 
-    async def work() -> None:
-        while True:
-            job, tap = await queue.get()
-            try:
-                await mirror._handle(tap)
-            except Exception:
-                log.exception("shadow copy failed on route %s", tap.route.name)
-                results.count(tap.route.name, "error")
-            finally:
-                results.done(job)
-                queue.task_done()
+    def finished(tap: Tap, failed: bool) -> None:
+        if failed:  # an exception out of Mirror._handle: the copy still counts
+            results.count(tap.route.name, "error")
+        results.done(tap.job)
 
-    workers = [
-        asyncio.create_task(work(), name=f"shadow-{i}")
-        for i in range(config.settings.shadow.workers)
-    ]
+    mirror.on_done = finished
     while True:
         try:
             msg = await read_frame(reader)
@@ -146,8 +139,12 @@ async def run() -> int:
                 continue
             tap = Tap(route, primary, scope, limit, mirror=True, record=False)
             tap.body, tap.headers, tap.status = body, headers, status
-            tap.resp_headers, tap.resp_body = resp_headers, resp_body
-            queue.put_nowait((job, tap))
+            tap.resp_headers, tap.resp_body, tap.job = resp_headers, resp_body, job
+            try:
+                queue.put_nowait(tap)
+            except asyncio.QueueFull:  # a reload raised settings.shadow.queue in the gateway
+                results.count(name, "dropped")
+                results.done(job)
         elif kind == "config":
             try:
                 await gateway.apply_config(msg[1])
@@ -156,8 +153,6 @@ async def run() -> int:
         elif kind == "weights":
             gateway.set_weights(msg[1])
     await queue.join()
-    for task in workers:
-        task.cancel()
     await gateway.shutdown()
     results.flush()
     await _drain(out)

@@ -201,6 +201,26 @@ def test_a_reload_does_not_switch_the_isolation_and_says_so(
     assert gw.wait_counts(1)["match"] == 1
 
 
+def test_a_reload_that_raises_the_queue_drops_what_the_worker_cannot_hold(
+    shadow_gateway: Make, test_upstream: str
+) -> None:
+    # The worker's queue is sized at its start; after a reload the gateway hands over up
+    # to the new size. What does not fit is counted dropped, and the worker lives on.
+    small = "  shadow: {isolation: process, queue: 2, workers: 1, timeout: 5s}"
+    gw = shadow_gateway(routes_text(test_upstream, EXACT, settings=small), SHADOW_TEST_SLOW="1")
+    with open(gw.config, "w", encoding="utf-8") as fh:
+        fh.write(routes_text(test_upstream, EXACT, settings=small.replace("queue: 2", "queue: 50")))
+    os.kill(gw.proc.pid, signal.SIGHUP)
+    assert _wait(lambda: "config reloaded from" in gw.log(), 10), gw.log()
+    with gw.client() as c:
+        for i in range(8):
+            assert c.get(f"/api/items/{i}").status_code == 200
+    counts = gw.wait_counts(8, timeout=15)
+    assert counts["dropped"] >= 4 and counts["error"] == 0, counts
+    assert counts["dropped"] + counts["match"] == 8, counts
+    assert gw.api("/api/shadow")["worker"]["restarts"] == 0
+
+
 def test_a_worker_that_cannot_start_stops_the_gateway_with_the_reason(
     test_upstream: str, tmp_path: object
 ) -> None:
