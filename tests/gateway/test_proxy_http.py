@@ -6,9 +6,11 @@ mapping (502/504, aborted bodies, cancelled upstream requests) and the body limi
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import statistics
+import threading
 import time
 import uuid
 
@@ -329,6 +331,34 @@ def test_client_disconnect_during_slow_answer_cancels_upstream_request(gw, upstr
         time.sleep(0.05)
     else:
         pytest.fail("the upstream request was not cancelled when the client went away")
+
+
+def test_clients_leaving_one_after_another_each_cancel_their_upstream_request(gw, upstreams):
+    # Watches armed at different times share one timer per loop: each must still start.
+    tags = [uuid.uuid4().hex for _ in range(3)]
+
+    def leave_after(tag: str, seconds: float) -> None:
+        with (
+            gw.client(timeout=httpx.Timeout(10, read=seconds)) as c,
+            contextlib.suppress(httpx.ReadTimeout),
+        ):
+            c.get("/slow/long", params={"ms": 8000, "tag": tag})
+
+    threads = [
+        threading.Thread(target=leave_after, args=(tag, 0.3 + 0.3 * i))
+        for i, tag in enumerate(tags)
+    ]
+    for t in threads:
+        t.start()
+        time.sleep(0.02)  # within 50 ms of each other: the timer must be moved on
+    for t in threads:
+        t.join()
+    deadline = time.monotonic() + 5
+    left = set(tags)
+    while left and time.monotonic() < deadline:
+        left = {t for t in left if not upstreams.side(f"/__aborted?tag={t}")["aborted"]}
+        time.sleep(0.05)
+    assert not left, "an upstream request went on after its client left"
 
 
 def test_content_length_above_body_limit_answers_413_without_reaching_upstream(gw, upstreams):

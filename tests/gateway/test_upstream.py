@@ -212,6 +212,54 @@ def test_body_silence_raises_body_timeout(run: Run) -> None:
     run(main())
 
 
+def _answer_after(delays: list[float]) -> Handler:
+    """Keep-alive handler answering its n-th request after ``delays[n]`` seconds."""
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        n = 0
+        while (req := await read_request(reader)) is not None:
+            await asyncio.sleep(delays[n])
+            n += 1
+            writer.write(response(req.url))
+
+    return handler
+
+
+def test_a_shorter_read_timeout_on_a_reused_connection_is_kept(run: Run) -> None:
+    # The connection's one timer was set 5 s out by the first request; the second asks
+    # for 0.2 s and must not wait for the first's.
+    async def main() -> None:
+        async with serve(_answer_after([0, 10])) as server:
+            pool = make_pool(server.url)
+            resp = await pool.request("GET", "/a", [], None, read_timeout=5.0)
+            assert await resp.read() == b"/a"
+            start = time.monotonic()
+            with pytest.raises(UpstreamTimeout) as err:
+                await pool.request("GET", "/b", [], None, read_timeout=0.2)
+            assert err.value.stage == "response"
+            assert 0.15 < time.monotonic() - start < 1.5
+            assert server.connections == 1
+            await pool.aclose()
+
+    run(main())
+
+
+def test_each_wait_on_a_reused_connection_gets_its_whole_read_timeout(run: Run) -> None:
+    # The timer armed for the first request (0.4 s) fires while the second waits; the
+    # second's deadline is later, so it must be moved, not taken for a timeout.
+    async def main() -> None:
+        async with serve(_answer_after([0, 0.35, 0.35])) as server:
+            pool = make_pool(server.url)
+            for path in ("/a", "/b", "/c"):
+                resp = await pool.request("GET", path, [], None, read_timeout=0.4)
+                assert await resp.read() == path.encode()
+                await asyncio.sleep(0.2)
+            assert server.connections == 1
+            await pool.aclose()
+
+    run(main())
+
+
 @pytest.mark.parametrize(
     "head",
     [
