@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import Receive, Scope, Send
 
 from .errors import JSON_CONTENT_TYPE, error_body
-from .headers import end_to_end
+from .headers import HOP_BY_HOP, end_to_end
 from .upstream import UpstreamConnectError, UpstreamError, UpstreamPool, UpstreamTimeout
 
 log = logging.getLogger("chatgw.proxy")
@@ -32,6 +32,37 @@ SMALL_BODY = 64 * 1024
 # The server adds its own Date to every answer (module or proxied alike); a forwarded one
 # would make two.
 _RESPONSE_DROP = frozenset({b"date"})
+_RESPONSE_SKIP = HOP_BY_HOP | _RESPONSE_DROP
+# Connection values that name no header beyond the hop-by-hop ones (Node sends keep-alive)
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b""})
+
+
+def response_headers(raw: list[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], int]:
+    """An upstream response's headers for the client, and its Content-Length (-1: none).
+
+    Names lower-cased (they arrive as the upstream spelled them, Node's "Connection",
+    and the hop-by-hop rules and ASGI both want them so); hop-by-hop headers and the
+    upstream's Date dropped. One pass for the usual head; a Connection naming other
+    headers, or Transfer-Encoding, takes :func:`gateway.headers.end_to_end`'s rules.
+    """
+    out = []
+    length = -1
+    general = False
+    for name, value in raw:
+        k = name.lower()
+        if k in _RESPONSE_SKIP:
+            if k == b"transfer-encoding" or (
+                k == b"connection" and value.strip().lower() not in _PLAIN_CONNECTION
+            ):
+                general = True
+            continue
+        if k == b"content-length":
+            length = int(value) if value.isdigit() else -1
+        out.append((k, value))
+    if general:  # rare
+        out = end_to_end([(k.lower(), v) for k, v in raw], _RESPONSE_DROP)
+        length = next((int(v) for k, v in out if k == b"content-length" and v.isdigit()), -1)
+    return out, length
 
 
 class BodyTooLarge(Exception):
@@ -242,15 +273,8 @@ async def forward(
             on_error(exc.stage)
             status, message = failure_status(exc)
             return status, await send_error(send, status, message, extra)
-        # Names arrive as the upstream spelled them (Node: "Connection", "Keep-Alive"); the
-        # hop-by-hop rules and ASGI both want them lower-cased.
-        resp_headers = [(k.lower(), v) for k, v in resp.headers]
-        out = end_to_end(resp_headers)
+        out, length = response_headers(resp.headers)
         out.extend(extra)
-        length = -1
-        for k, v in resp_headers:
-            if k == b"content-length":
-                length = int(v) if v.isdigit() else -1
         try:
             if 0 <= length <= SMALL_BODY or method == "HEAD":
                 data = await resp.read()

@@ -148,6 +148,16 @@ def test_hop_by_hop_response_headers_are_not_returned(gw):
     assert names.count("transfer-encoding") <= 1 and names.count("content-length") <= 1
 
 
+@pytest.mark.parametrize("path", ["/conflict", "/hop"], ids=["plain", "connection-named"])
+def test_proxied_response_has_one_date_header(gw, path):
+    # Node sends its Date; the gateway's server adds its own to every answer.
+    status, headers, _ = raw_http(
+        gw.port, f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode()
+    )
+    assert status in (200, 409)
+    assert [k for k, _ in headers].count("date") == 1
+
+
 def test_request_with_both_content_length_and_chunked_never_reaches_upstream_with_both(
     gw, upstreams
 ):
