@@ -179,16 +179,40 @@ class CoalescingCycle(RequestResponseCycle):
             return
         await super().send(message)
 
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response: what ``send`` does for a start and a last body message, in one
+        call and, with a Content-Length that matches the body, one write, without the held
+        head's flush callback. Anything else takes ``send``'s way, errors included."""
+        if (
+            not self.response_started
+            and not self.disconnected
+            and not self.flow.write_paused
+            and self.scope["method"] != "HEAD"
+        ):
+            head = self._render_head(status, headers)
+            if self.chunked_encoding is False and len(body) == self.expected_content_length:
+                self.notes.body_bytes += len(body)
+                self.expected_content_length = 0
+                self.transport.write(head + body)
+                self._complete()
+                return
+            self.transport.hold(head)
+        else:
+            await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body, "more_body": False})
+
     def _head(self, message: Any) -> None:
+        self.transport.hold(self._render_head(message["status"], message.get("headers", ())))
+
+    def _render_head(self, status: int, headers: Any) -> bytes:
         # uvicorn's RequestResponseCycle.send for http.response.start, with known-good
-        # headers looked up instead of searched, and the head held for the first body
+        # headers looked up instead of searched
         self.response_started = True
         self.waiting_for_100_continue = False
-        status = message["status"]
         self.notes.status = status
         content = [STATUS_LINE[status], _default_head(self.default_headers)]
         has_connection_close = False
-        for name, value in message.get("headers", ()):
+        for name, value in headers:
             lower = _NAMES.get(name)
             if lower is None:
                 if HEADER_RE.search(name):
@@ -224,7 +248,7 @@ class CoalescingCycle(RequestResponseCycle):
             content.append(b"transfer-encoding: chunked\r\n")
         content.append(self.notes.extra_head)
         content.append(b"\r\n")
-        self.transport.hold(b"".join(content))
+        return b"".join(content)
 
     def _body(self, body: bytes, more_body: bool) -> None:
         # uvicorn's RequestResponseCycle.send for a Content-Length body
@@ -234,13 +258,16 @@ class CoalescingCycle(RequestResponseCycle):
         self.expected_content_length -= num_bytes
         self.transport.write(body)
         if not more_body:
-            if self.expected_content_length != 0:
-                raise RuntimeError("Response content shorter than Content-Length")
-            self.response_complete = True
-            self.message_event.set()
-            if not self.keep_alive:
-                self.transport.close()
-            self.on_response()
+            self._complete()
+
+    def _complete(self) -> None:
+        if self.expected_content_length != 0:
+            raise RuntimeError("Response content shorter than Content-Length")
+        self.response_complete = True
+        self.message_event.set()
+        if not self.keep_alive:
+            self.transport.close()
+        self.on_response()
 
 
 class _IdleSweeper:

@@ -45,6 +45,20 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             await send({"type": "http.response.body", "body": part, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
         return
+    cycle = getattr(send, "__self__", None)
+    if scope["query_string"] == b"respond":
+        # the whole response in one call, as the proxy sends a small upstream answer
+        assert type(cycle) is CoalescingCycle, "served by gateway.http11"
+        if path in ODD:
+            headers, (body,) = ODD[path]
+            await cycle.respond(200, headers, body)
+        elif path == "/empty":
+            await cycle.respond(204, [], b"")
+        else:
+            headers = [(b"content-type", b"application/json"),
+                       (b"content-length", b"%d" % len(BODY))]  # fmt: skip
+            await cycle.respond(200, headers, BODY)
+        return
     if path in ODD:  # responses uvicorn frames, checks or refuses in its own way
         headers, bodies = ODD[path]
         await send({"type": "http.response.start", "status": 200, "headers": headers})
@@ -196,6 +210,28 @@ def test_the_same_bytes_as_uvicorns_own_send(ours: _Server, method: str, path: s
     assert _exchange(ours.port, path, method) == expected
     # and once more: the second time the header names and values are known ones
     assert _exchange(ours.port, path, method) == expected
+
+
+ONE_BODY = ["/small", "/empty", *(p for p, (_, bodies) in ODD.items() if len(bodies) == 1)]
+
+
+@pytest.mark.parametrize(("method", "path"), [("GET", p) for p in ONE_BODY] + [("HEAD", "/small")])
+def test_a_whole_response_in_one_call_has_the_bytes_of_uvicorns_send(
+    ours: _Server, method: str, path: str
+) -> None:
+    # CoalescingCycle.respond (the proxy's small answers) against stock uvicorn sending
+    # the same response as two messages: framing, checks and errors on the wire.
+    stock = _Server(HttpToolsProtocol)
+    try:
+        expected = _exchange(stock.port, path, method)
+    finally:
+        stock.stop()
+    assert _exchange(ours.port, path + "?respond", method) == expected
+
+
+def test_a_whole_response_in_one_call_leaves_in_one_write(ours: _Server) -> None:
+    writes = _writes_for(ours, "/small?respond")
+    assert len(writes) == 1 and writes[0] > len(BODY)
 
 
 def test_an_invalid_header_value_is_refused_after_valid_ones_were_seen(ours: _Server) -> None:
