@@ -64,6 +64,7 @@ def shadow_status(gateway: Gateway) -> dict[str, Any]:
             "in_flight": len(worker.in_flight),
             "cpu_seconds": round(worker.cpu_total, 6),
             "restarts": worker.restarted,
+            "gc": worker.gc,
         }
     return out
 

@@ -169,9 +169,9 @@ class Mirror:
         self.recording = False
         self.worker: ShadowProcess | None = None  # isolation: process (set at start)
         self.isolated = False
-        # Called with (tap, failed) once a worker task is through with a tap: the worker
+        # Called with the tap once a worker task is through with it: the worker
         # process reports each copy to the gateway this way (.worker).
-        self.on_done: Callable[[Tap, bool], None] | None = None
+        self.on_done: Callable[[Tap], None] | None = None
         self.copies = 0  # shadow calls made (the benchmark accounts for them apart)
         self.configure(gateway.table.config)
 
@@ -300,16 +300,16 @@ class Mirror:
             if queue is None:
                 return
             tap = await queue.get()
-            failed = False
             try:
                 await self._handle(tap)
             except Exception:
-                failed = True
                 log.exception("shadow copy failed on route %s", tap.route.name)
+                if tap.mirror:  # (a recording failure too: the copy was never made)
+                    self.results.count(tap.route.name, "error")
             finally:
                 queue.task_done()
                 if self.on_done is not None:
-                    self.on_done(tap, failed)
+                    self.on_done(tap)
 
     async def _handle(self, tap: Tap) -> None:
         if tap.record:

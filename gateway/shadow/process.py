@@ -210,6 +210,7 @@ class ShadowProcess:
         self.cpu_done = 0.0  # CPU of earlier (dead) children
         self.cpu_now = 0.0  # the running child's, as it last reported
         self.restarted = 0  # gateway_shadow_worker_restarts_total
+        self.gc: dict[str, Any] = {}  # the child's collector settings, as it reported them
         mirror.gateway.metrics.registry.register(_WorkerCollector(self))
 
     @property
@@ -248,6 +249,7 @@ class ShadowProcess:
             await pipes.finished
             raise ShadowWorkerError(f"the shadow worker process did not start: {first[1]}")
         self.pipes, self.stdin = pipes, stdin
+        self.gc = {"threshold": list(first[2]), "frozen": first[3]}
         self.cpu_now = 0.0
         self.send_weights()
         log.info("shadow worker process %d started (nice %s)", transport.get_pid(), settings.nice)

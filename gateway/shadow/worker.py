@@ -13,12 +13,14 @@ the frame pipe has its own descriptor.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import sys
 from typing import Any
 
+from ..gc_tuning import apply_gc_threshold, freeze_startup_heap, gc_threshold
 from .process import Batch, frame, read_frame
 
 log = logging.getLogger("chatgw.shadow.worker")
@@ -100,6 +102,15 @@ async def run() -> int:
     except asyncio.IncompleteReadError:
         return 0
     lower_priority(nice)
+    # The serving process's collector settings (gateway.gc_tuning): the copies run the
+    # same module code, so they would pay the same collector cost without them.
+    try:
+        threshold = gc_threshold()
+    except ValueError as exc:
+        out.write(frame(("failed", str(exc))))
+        await _drain(out)
+        return 1
+    apply_gc_threshold(threshold)
     gateway = Gateway(config, env=env)
     results = RelayedResults(out)
     gateway.shadow.results = results  # type: ignore[assignment]
@@ -109,16 +120,16 @@ async def run() -> int:
         out.write(frame(("failed", str(exc) or repr(exc))))
         await _drain(out)
         return 1
-    out.write(frame(("ready", os.getpid())))
+    if threshold is not None:
+        freeze_startup_heap()
+    out.write(frame(("ready", os.getpid(), gc.get_threshold(), gc.get_freeze_count())))
     # The copies go through this process's own Mirror queue and workers (loop isolation,
     # started with the gateway); each one is reported back when a worker is through.
     mirror = gateway.shadow
     queue = mirror.queue
     assert queue is not None
 
-    def finished(tap: Tap, failed: bool) -> None:
-        if failed:  # an exception out of Mirror._handle: the copy still counts
-            results.count(tap.route.name, "error")
+    def finished(tap: Tap) -> None:
         results.done(tap.job)
 
     mirror.on_done = finished

@@ -114,6 +114,23 @@ def test_the_worker_runs_in_the_idle_scheduling_class_by_default(
     assert gw.wait_counts(10)["match"] == 10  # an idle box has CPU to spare for them
 
 
+def test_the_worker_runs_with_the_gateways_collector_settings(
+    shadow_gateway: Make, test_upstream: str
+) -> None:
+    # gateway.gc_tuning in the worker too: CHATGW_GC_THRESHOLD, and its start-up heap frozen
+    gw = shadow_gateway(
+        routes_text(test_upstream, EXACT, settings=PROCESS), CHATGW_GC_THRESHOLD="12345,11,12"
+    )
+    gc_info = gw.api("/api/shadow")["worker"]["gc"]
+    assert gc_info["threshold"] == [12345, 11, 12]
+    assert gc_info["frozen"] > 1000
+    gw = shadow_gateway(
+        routes_text(test_upstream, EXACT, settings=PROCESS), CHATGW_GC_THRESHOLD="python"
+    )
+    gc_info = gw.api("/api/shadow")["worker"]["gc"]
+    assert gc_info == {"threshold": [700, 10, 10], "frozen": 0}
+
+
 def test_outcomes_and_worker_cpu_reach_the_gateway(
     shadow_gateway: Make, test_upstream: str
 ) -> None:

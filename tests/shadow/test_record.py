@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import jwt
-from shadow_helpers import ShadowGateway
+from shadow_helpers import ShadowGateway, routes_text
 
 SECRET = "record-test-secret-0123456789-0123456789"
 
@@ -57,3 +57,20 @@ routes:
     # ...and the bearer token became a placeholder replay can mint again
     assert lines[0]["request"]["headers"]["authorization"] == "Bearer {{token:customer:u-rec}}"
     assert lines[0]["recorded"]["route"] == "sessions"
+
+
+def test_a_recording_that_fails_costs_the_copy_and_counts_it(
+    shadow_gateway: Callable[..., ShadowGateway], test_upstream: str
+) -> None:
+    # /dev/full: every write fails (ENOSPC). The recording comes before the copy, so the
+    # copy is never made; it must still be counted (error), in either isolation.
+    gw = shadow_gateway(
+        routes_text(
+            test_upstream, "{percent: 100}", settings="  record: {path: /dev/full, percent: 100}"
+        )
+    )
+    with gw.client() as c:
+        for i in range(3):
+            assert c.get(f"/api/items/{i}").status_code == 200
+    counts = gw.wait_counts(3)
+    assert {k: v for k, v in counts.items() if v} == {"error": 3}
