@@ -3,7 +3,8 @@
 The request body is passed on as it arrives (bounded by the route's ``body_limit``); the
 response body is sent to the client chunk by chunk as the upstream produces it, so
 server-sent events are flushed event by event. Small responses with a known length
-(≤ 64 KiB) are sent in one ASGI message instead, which saves a send per request.
+(≤ 64 KiB) are read whole and sent in one go: under :mod:`gateway.http11`, head and body
+in one call and one write (``CoalescingCycle.respond``).
 
 Upstream failures are mapped to the client's answer in exactly one place,
 :func:`failure_status`, and the same stage labels the metric. A response that breaks after
