@@ -119,7 +119,7 @@ class _Watch:
     __slots__ = ("_armed", "_loop", "_receive", "_task", "done", "gone", "watcher")
 
     def __init__(self, receive: Receive, loop: asyncio.AbstractEventLoop) -> None:
-        self._receive = receive
+        self._receive: Receive | None = receive
         self._loop = loop
         self._task = asyncio.current_task(loop)  # (with the loop: no getpid() syscall)
         self._armed = False
@@ -137,8 +137,9 @@ class _Watch:
             self.watcher = self._loop.create_task(self._watch())
 
     async def _watch(self) -> None:
-        while not self.done:
-            msg = await self._receive()
+        receive = self._receive
+        while not self.done and receive is not None:
+            msg = await receive()
             if msg["type"] == "http.disconnect":
                 if not self.done and self._task is not None:
                     self.gone = True
@@ -147,7 +148,9 @@ class _Watch:
 
     def finish(self) -> None:
         self.done = True
-        self._task = None  # (it may wait in the queue a while: let the request go now)
+        # It may wait in the queue up to WATCH_AFTER: let the request's objects go now (kept
+        # alive that long, ~1 000 cycles with their scopes cost ~3 µs per request at c=50).
+        self._task = self._receive = None
         if self.watcher is not None and not self.watcher.done():
             self.watcher.cancel()
 
