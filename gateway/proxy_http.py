@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import weakref
 from collections import deque
 from collections.abc import AsyncIterator
 from typing import Any
@@ -169,20 +168,15 @@ class _WatchQueue:
 
     __slots__ = ("armed", "loop", "queue")
 
-    _queues: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _WatchQueue] = (
-        weakref.WeakKeyDictionary()
-    )
-
-    _last: _WatchQueue | None = None  # (a process serves from one loop: skip the lookup)
+    _current: _WatchQueue | None = None
 
     @classmethod
     def of(cls, loop: asyncio.AbstractEventLoop) -> _WatchQueue:
-        queue = cls._last
+        """The queue of ``loop``: a process serves from one loop. (Another loop gets a new
+        queue; one left behind with watches in it keeps its timer, so none is lost.)"""
+        queue = cls._current
         if queue is None or queue.loop is not loop:
-            queue = cls._queues.get(loop)
-            if queue is None:
-                queue = cls._queues[loop] = cls(loop)
-            cls._last = queue
+            queue = cls._current = cls(loop)
         return queue
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:

@@ -127,8 +127,7 @@ class _Connection(asyncio.Protocol):
         "_active", "_buffered", "_chunks", "_closed", "_complete", "_deadline", "_drain_waiter",
         "_error", "_forgotten", "_got_data", "_head_done", "_head_request", "_headers",
         "_idle_since", "_in_idle", "_interim", "_keep_alive", "_parser", "_paused", "_poisoned",
-        "_pool", "_reason", "_reused", "_status", "_timer", "_timer_at", "_transport", "_waiter",
-        "_write_paused",
+        "_pool", "_reason", "_reused", "_status", "_timer", "_transport", "_waiter", "_write_paused",
     )  # fmt: skip
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -147,7 +146,6 @@ class _Connection(asyncio.Protocol):
         # that is moved only when it would fire too late (see _wait).
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._timer_at = 0.0
         self._chunks: deque[bytes] = deque()
         self._active = False
         self._begin(False)
@@ -322,10 +320,9 @@ class _Connection(asyncio.Protocol):
         self._waiter = fut
         self._deadline = deadline = loop.time() + limit
         timer = self._timer
-        if timer is None or self._timer_at > deadline:
+        if timer is None or timer.when() > deadline:
             if timer is not None:
                 timer.cancel()
-            self._timer_at = deadline
             self._timer = loop.call_at(deadline, self._on_timer)
         try:
             ok = await fut
@@ -345,7 +342,6 @@ class _Connection(asyncio.Protocol):
         if loop.time() + _TIMER_SLACK >= self._deadline:
             fut.set_result(False)
         else:
-            self._timer_at = self._deadline
             self._timer = loop.call_at(self._deadline, self._on_timer)
 
     def _stop_timer(self) -> None:

@@ -57,8 +57,8 @@ def shadow_status(gateway: Gateway) -> dict[str, Any]:
         "samples": len(mirror.results.samples),
         "isolation": mirror.isolation,
     }
-    if mirror.isolated and mirror.worker is not None:
-        worker = mirror.worker
+    worker = mirror.live_worker
+    if worker is not None:
         out["worker"] = {
             "pid": worker.pid,
             "in_flight": len(worker.in_flight),

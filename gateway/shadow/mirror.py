@@ -183,8 +183,8 @@ class Mirror:
         self.recorder.configure(config.settings.record)
         self.recording = config.settings.record is not None
         self.results.resize(config.settings.shadow.samples)
-        if self.isolated and self.worker is not None:
-            self.worker.configure(config)
+        if (worker := self.live_worker) is not None:
+            worker.configure(config)
         wanted, running = config.settings.shadow.isolation, self.isolation
         if self.queue is not None and wanted != running:
             log.warning(
@@ -198,10 +198,15 @@ class Mirror:
         """Where the copies run now (the setting takes effect at start)."""
         return "process" if self.isolated else "loop"
 
+    @property
+    def live_worker(self) -> ShadowProcess | None:
+        """The worker process while copies go to it (kept between starts: its metrics)."""
+        return self.worker if self.isolated else None
+
     def weights_changed(self) -> None:
         """The live split changed: the worker process's module-to-module calls follow it."""
-        if self.isolated and self.worker is not None:
-            self.worker.send_weights()
+        if (worker := self.live_worker) is not None:
+            worker.send_weights()
 
     async def start(self) -> None:
         """Queue and workers; with ``isolation: process`` the worker process too (isolation
@@ -219,8 +224,8 @@ class Mirror:
 
     async def stop(self) -> None:
         self.queue = None
-        if self.isolated and self.worker is not None:
-            await self.worker.stop()
+        if (worker := self.live_worker) is not None:
+            await worker.stop()
             self.isolated = False
         for task in self.workers:
             task.cancel()
@@ -378,8 +383,9 @@ class Mirror:
         )
 
     def _to_worker(self, tap: Tap) -> None:
-        assert self.worker is not None
-        if not self.worker.send(tap):
+        worker = self.live_worker
+        assert worker is not None
+        if not worker.send(tap):
             self.results.count(tap.route.name, "dropped")
 
     def _copy_headers(self, tap: Tap, marker: bytes, body: bytes) -> list[tuple[bytes, bytes]]:

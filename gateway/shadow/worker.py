@@ -107,9 +107,7 @@ async def run() -> int:
     try:
         threshold = gc_threshold()
     except ValueError as exc:
-        out.write(frame(("failed", str(exc))))
-        await _drain(out)
-        return 1
+        return await _refuse(out, str(exc))
     apply_gc_threshold(threshold)
     gateway = Gateway(config, env=env)
     results = RelayedResults(out)
@@ -117,9 +115,7 @@ async def run() -> int:
     try:
         await gateway.startup()
     except Exception as exc:
-        out.write(frame(("failed", str(exc) or repr(exc))))
-        await _drain(out)
-        return 1
+        return await _refuse(out, str(exc) or repr(exc))
     if threshold is not None:
         freeze_startup_heap()
     out.write(frame(("ready", os.getpid(), gc.get_threshold(), gc.get_freeze_count())))
@@ -168,6 +164,13 @@ async def run() -> int:
     results.flush()
     await _drain(out)
     return 0
+
+
+async def _refuse(out: asyncio.WriteTransport, reason: str) -> int:
+    """Tell the parent this process cannot serve (it stops the gateway with ``reason``)."""
+    out.write(frame(("failed", reason)))
+    await _drain(out)
+    return 1
 
 
 async def _drain(out: asyncio.WriteTransport, timeout: float = 5.0) -> None:
