@@ -45,7 +45,7 @@ from .metrics import Metrics
 from .modules_host import ModuleHost
 from .routing import BadPath, Router, normalise_path
 from .shadow import MARKER as SHADOW_MARKER
-from .shadow.mirror import Mirror
+from .shadow.mirror import Mirror, Tap
 from .split import BUCKETS, Side, check_force_token, goes_new, sticky_key
 from .upstream import UpstreamError, UpstreamPool
 
@@ -74,6 +74,62 @@ def _header_lines(extra: list[tuple[bytes, bytes]]) -> bytes:
         (name, rid), (_, side) = extra
         return name + b": " + rid + b"\r\n" + _BACKEND_LINES[side]
     return b"".join([k + b": " + v + b"\r\n" for k, v in extra])
+
+
+def _bodiless(headers: list[tuple[bytes, bytes]]) -> bool:
+    """No request body follows the head (RFC 9112 §6.3: neither Content-Length nor
+    Transfer-Encoding, or a Content-Length of 0)."""
+    for k, v in headers:
+        if (k == b"content-length" and v != b"0") or k == b"transfer-encoding":
+            return False
+    return True
+
+
+class _Request:
+    """One HTTP request's decisions (:meth:`Gateway._prepare`), and what a request served
+    without a task reports back (:class:`proxy_http.DirectOwner`)."""
+
+    __slots__ = (
+        "answer", "extra", "gateway", "headers", "method", "rid", "route", "scope", "side", "t0",
+        "tap",
+    )  # fmt: skip
+
+    def __init__(self, gateway: Gateway, scope: Scope) -> None:
+        self.t0 = time.perf_counter()
+        self.gateway = gateway
+        self.scope = scope
+        self.method: str = scope["method"]
+        self.route: Route | None = None
+        self.side: Side = "legacy"
+        self.answer: tuple[int, str] = (0, "")  # the gateway's own answer when no route
+        self.rid = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.extra: list[tuple[bytes, bytes]] = []
+        self.tap: Tap | None = None  # mirrored or recorded (Mirror.begin)
+
+    def answered(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        if self.tap is not None:
+            self.tap.answered(status, headers, body)
+
+    def done(self, status: int, n: int) -> None:
+        """The answer is out (or the client gone): submit the shadow copy, if any (once the
+        tap has seen an answer start), and count and log the request."""
+        route = self.route
+        assert route is not None
+        gateway = self.gateway
+        if self.tap is not None and self.tap.status:
+            gateway.shadow.submit(self.tap, self.headers, status)
+        gateway._done(self.rid, route.name, self.side, self.method, self.scope, status,
+                      self.t0, n)  # fmt: skip
+
+    def upstream_error(self, stage: str) -> None:
+        route = self.route
+        assert route is not None
+        self.gateway.metrics.upstream_errors.labels(route.name, route.legacy, stage).inc()
+
+    def resume(self, started: proxy_http.UpstreamResponse | UpstreamError | None) -> Any:
+        """An ASGI app going on with the proxying from ``started`` (None: from the start)."""
+        return functools.partial(self.gateway._serve, self, begun=started)
 
 
 @dataclass(frozen=True)
@@ -340,59 +396,110 @@ class Gateway:
         return request_id(next((v for k, v in headers if k == REQUEST_ID), None))
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        t0 = time.perf_counter()
-        method: str = scope["method"]
+        await self._serve(self._prepare(scope), scope, receive, send)
+
+    def http_start(self, cycle: Any, spawn: Any) -> Any:
+        """Called by :mod:`gateway.http11` for each request before a task exists: the
+        decisions are made here, and the usual proxied request is served from callbacks
+        without a task (:class:`proxy_http.DirectForward`: no request body, an idle
+        upstream connection); ``None`` then. Otherwise the ASGI app that goes on
+        from these decisions in the request's task."""
+        scope = cycle.scope
+        try:
+            req = self._prepare(scope)
+            route = req.route
+            if (
+                route is not None
+                and req.side == "legacy"
+                and req.method != "HEAD"
+                and _bodiless(scope["headers"])
+            ):
+                direct = proxy_http.DirectForward(cycle, req, spawn)
+                pool = self.pools[route.legacy]
+                target = proxy_http.request_target(scope)
+                if pool.start(req.method, target, req.headers, direct, read_timeout=route.timeout):
+                    cycle.lost = direct.client_gone
+                    return None
+        except Exception:
+            # (outside a task nothing would answer the client) the whole way in a task: the
+            # same failure there is uvicorn's 500
+            return self._http
+        return functools.partial(self._serve, req)
+
+    def _prepare(self, scope: Scope) -> _Request:
+        """Everything decided before the request is served: its id, the headers to pass
+        on, and the route and side (or the gateway's own answer)."""
+        req = _Request(self, scope)
+        method = req.method
         raw: bytes = scope.get("raw_path") or scope["path"].encode()
         headers, client_rid, force = self._scan_headers(scope)
-        rid = request_id(client_rid)
+        rid = req.rid = request_id(client_rid)
         headers.append((REQUEST_ID, rid))
-        extra = [(REQUEST_ID, rid)]
+        req.headers = headers
+        extra = req.extra = [(REQUEST_ID, rid)]
         if (raw == b"/health" or raw == b"/health/") and method in ("GET", "HEAD"):
-            start, body = proxy_http.json_response_messages(200, HEALTH_BODY, extra)
-            await send(start)
-            await send(body)
-            return
+            req.answer = (200, "")
+            return req
         table = self.table
         try:
             segments = normalise_path(raw)
         except BadPath as exc:
             self.metrics.bad_requests.labels("bad_path").inc()
-            n = await proxy_http.send_error(send, 400, f"path refused: {exc}", extra)
-            self._done(rid, "-", "gateway", method, scope, 400, t0, n)
-            return
+            req.answer = (400, f"path refused: {exc}")
+            return req
         found = table.router.match(segments, method)
         if found is None:
             self.metrics.bad_requests.labels("no_route").inc()
-            n = await proxy_http.send_error(send, 404, "no such route", extra)
-            self._done(rid, "-", "gateway", method, scope, 404, t0, n)
-            return
-        route = found.route
-        side = self.decide(
+            req.answer = (404, "no such route")
+            return req
+        route = req.route = found.route
+        side = req.side = self.decide(
             route, scope["headers"], scope["query_string"], found.params, scope.get("client"),
             force=force,
         )  # fmt: skip
         if table.config.settings.backend_header:
             extra.append((BACKEND_HEADER, b"new" if side == "new" else b"legacy"))
-        tap = None
         if route.shadow is not None or self.shadow.recording:
-            tap = self.shadow.begin(route, side, scope)
-            if tap is not None:
-                receive, send = tap.receive(receive), tap.send(send)
+            req.tap = self.shadow.begin(route, side, scope)
+        return req
+
+    async def _serve(
+        self,
+        req: _Request,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        begun: proxy_http.UpstreamResponse | UpstreamError | None = None,
+    ) -> None:
+        """Serve a prepared request (``begun``: see :func:`proxy_http.forward`)."""
+        route = req.route
+        if route is None:
+            status, message = req.answer
+            if status == 200:  # /health
+                start, body = proxy_http.json_response_messages(200, HEALTH_BODY, req.extra)
+                await send(start)
+                await send(body)
+                return
+            n = await proxy_http.send_error(send, status, message, req.extra)
+            self._done(req.rid, "-", "gateway", req.method, scope, status, req.t0, n)
+            return
+        side = req.side
+        headers, extra = req.headers, req.extra
+        tap = req.tap
+        if tap is not None:
+            receive, send = tap.receive(receive), tap.send(send)
         if side == "new":
             assert route.module is not None
             status, n = await self._call_module(
                 route, scope, receive, send, headers, extra, tapped=tap is not None
             )
         else:
-            pool = self.pools[route.legacy]
             status, n = await proxy_http.forward(
-                scope, receive, send, pool, headers, extra,
-                limit=route.body_limit, timeout=route.timeout,
-                on_error=lambda stage: self.metrics.upstream_errors.labels(route.name, route.legacy, stage).inc(),
+                scope, receive, send, self.pools[route.legacy], headers, extra,
+                limit=route.body_limit, timeout=route.timeout, on_error=req.upstream_error,
+                begun=begun,
             )  # fmt: skip
-        if tap is not None:
-            self.shadow.submit(tap, headers, status)  # after the last body message went out
-        self._done(rid, route.name, side, method, scope, status, t0, n)
+        req.done(status, n)  # (the copy submitted after the last body message went out)
 
     def _done(
         self,

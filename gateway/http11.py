@@ -179,22 +179,46 @@ class CoalescingCycle(RequestResponseCycle):
             return
         await super().send(message)
 
-    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
-        """A whole response: what ``send`` does for a start and a last body message, in one
-        call and, with a Content-Length that matches the body, one write, without the held
-        head's flush callback. Anything else takes ``send``'s way, errors included."""
-        if (
+    # Served without a task (gateway.proxy_http.DirectForward): called if the client goes
+    # away before the response started.
+    lost: Any = None
+
+    def can_respond(self) -> bool:
+        """:meth:`respond_now` would write the response (nothing of it went out yet, and the
+        client is there and reading)."""
+        return (
             not self.response_started
             and not self.disconnected
             and not self.flow.write_paused
             and self.scope["method"] != "HEAD"
-        ):
+        )
+
+    def _whole(self, head: bytes, body: bytes) -> None:
+        self.notes.body_bytes += len(body)
+        self.expected_content_length = 0
+        self.transport.write(head + body)
+        self._complete()
+
+    def respond_now(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """:meth:`respond` without awaiting, for ``headers`` that carry a Content-Length of
+        ``len(body)``: ``True`` when the response went out (one write), ``False`` when
+        nothing was done (a paused transport, HEAD...: await :meth:`respond` instead)."""
+        if not self.can_respond():
+            return False
+        head = self._render_head(status, headers)
+        if self.chunked_encoding is not False or len(body) != self.expected_content_length:
+            raise RuntimeError("Response content does not match its Content-Length")
+        self._whole(head, body)
+        return True
+
+    async def respond(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A whole response: what ``send`` does for a start and a last body message, in one
+        call and, with a Content-Length that matches the body, one write, without the held
+        head's flush callback. Anything else takes ``send``'s way, errors included."""
+        if self.can_respond():
             head = self._render_head(status, headers)
             if self.chunked_encoding is False and len(body) == self.expected_content_length:
-                self.notes.body_bytes += len(body)
-                self.expected_content_length = 0
-                self.transport.write(head + body)
-                self._complete()
+                self._whole(head, body)
                 return
             self.transport.hold(head)
         else:
@@ -312,6 +336,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _holder: _HeadHolder | None = None
     _idle_sweeper: _IdleSweeper | None = None
     _http_entry: Any = None
+    _http_start: Any = None  # the app's http_start, False: none
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
@@ -319,7 +344,12 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle_since = None
+        cycle = self.cycle
         super().connection_lost(exc)
+        lost = getattr(cycle, "lost", None)
+        if lost is not None:  # a request served without a task (see _start_asgi_task)
+            cast(CoalescingCycle, cycle).lost = None
+            lost()
 
     def handle_websocket_upgrade(self) -> None:
         # A relayed WebSocket becomes a tunnel (gateway.ws_tunnel) when the app has a plan
@@ -399,8 +429,28 @@ class GatewayHttpProtocol(HttpToolsProtocol):
                 holder = self._holder = _HeadHolder(cycle.transport, self._flusher())
             cycle.transport = cast(asyncio.Transport, holder)
             if app is self.app:  # (not uvicorn's 503 app when over its concurrency limit)
-                app = self._http_entry or self._find_http_entry()
+                start = self._http_start
+                if start is None:
+                    start = self._find_http_start()
+                if start:
+                    app = start(cycle, self._spawn)
+                    if app is None:
+                        return  # served without a task: see Gateway.http_start
+                else:
+                    app = self._http_entry or self._find_http_entry()
+        self._spawn(cycle, app)
+
+    def _spawn(self, cycle: RequestResponseCycle, app: Any) -> None:
+        """Run ``app`` for ``cycle`` in a task (also for a request begun without one)."""
         super()._start_asgi_task(cycle, app)
+
+    def _find_http_start(self) -> Any:
+        """The app's ``http_start(cycle, spawn)`` when it has one (``Gateway.http_start``):
+        it sees each request before a task exists, and either serves it without one
+        (returning ``None``; ``spawn(cycle, app)`` runs an ASGI app for it later if need
+        be) or returns the ASGI app to run in the task."""
+        start = self._http_start = getattr(self.app, "http_start", None) or False
+        return start
 
     def _find_http_entry(self) -> Any:
         """The app's HTTP entry when it offers one (``Gateway.asgi_http``): the scope type is

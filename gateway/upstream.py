@@ -16,6 +16,11 @@ Usage::
             ...
     await pool.aclose()
 
+Or, for a request without a body, with no task awaiting it (the gateway's usual proxied
+request, ``proxy_http.DirectForward``): ``pool.start(method, target, headers, exchange)``
+writes it on an idle connection (``False`` when there is none) and the connection calls
+``exchange.on_event(timed_out)`` (an :class:`UpstreamExchange`) on each of its events.
+
 Failures, each with the ``stage`` it happened in (the proxy maps them in one place)::
 
     UpstreamError                  .stage: "pool" | "connect" | "request" | "response" | "body"
@@ -34,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Callable
 from contextlib import suppress
 from types import TracebackType
 from typing import Any, Literal
@@ -51,6 +56,7 @@ __all__ = [
     "UpstreamClosed",
     "UpstreamConnectError",
     "UpstreamError",
+    "UpstreamExchange",
     "UpstreamPool",
     "UpstreamProtocolError",
     "UpstreamResponse",
@@ -115,6 +121,11 @@ def _expire(fut: asyncio.Future[Any]) -> None:
         fut.set_result(False)
 
 
+def _silence(limit: float, stage: Stage) -> UpstreamTimeout:
+    """The read timeout passed: no data for ``limit`` seconds."""
+    return UpstreamTimeout(stage, f"no data from upstream for {limit:g}s ({stage})")
+
+
 def _wake(fut: asyncio.Future[bool] | None) -> None:
     if fut is not None and not fut.done():
         fut.set_result(True)
@@ -127,7 +138,8 @@ class _Connection(asyncio.Protocol):
         "_active", "_buffered", "_chunks", "_closed", "_complete", "_deadline", "_drain_waiter",
         "_error", "_forgotten", "_got_data", "_head_done", "_head_request", "_headers",
         "_idle_since", "_in_idle", "_interim", "_keep_alive", "_parser", "_paused", "_poisoned",
-        "_pool", "_reason", "_reused", "_status", "_timer", "_transport", "_waiter", "_write_paused",
+        "_pool", "_reason", "_reused", "_sink", "_sink_limit", "_status", "_timer", "_transport",
+        "_waiter", "_write_paused",
     )  # fmt: skip
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -148,6 +160,9 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._chunks: deque[bytes] = deque()
         self._active = False
+        # Instead of a waiter: called on every event of the exchange (see UpstreamPool.start)
+        self._sink: Callable[[bool], None] | None = None
+        self._sink_limit = 0.0
         self._begin(False)
 
     def _begin(self, head_request: bool) -> None:
@@ -196,6 +211,12 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("response", "upgrade responses are not supported"))
         except HttpParserError as exc:
             self._fail(UpstreamProtocolError(self._stage(), f"malformed response: {exc}"))
+        sink = self._sink
+        if sink is not None:
+            loop = self._pool._loop
+            assert loop is not None
+            self._deadline = loop.time() + self._sink_limit  # the silence starts again
+            sink(False)
 
     def eof_received(self) -> bool | None:
         self._on_closed()
@@ -277,6 +298,8 @@ class _Connection(asyncio.Protocol):
                 self._error = UpstreamClosed(stage, f"upstream closed the connection ({stage})")
         _wake(self._waiter)
         _wake(self._drain_waiter)
+        if self._sink is not None:
+            self._sink(False)
 
     def _is_close_delimited(self) -> bool:
         for name, _ in self._headers:
@@ -293,6 +316,8 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
         _wake(self._waiter)
         _wake(self._drain_waiter)
+        if self._sink is not None:
+            self._sink(False)
 
     def _discard(self) -> None:
         """Close the connection and stop counting it in the pool (idempotent)."""
@@ -318,31 +343,40 @@ class _Connection(asyncio.Protocol):
         assert loop is not None
         fut: asyncio.Future[bool] = loop.create_future()
         self._waiter = fut
-        self._deadline = deadline = loop.time() + limit
-        timer = self._timer
-        if timer is None or timer.when() > deadline:
-            if timer is not None:
-                timer.cancel()
-            self._timer = loop.call_at(deadline, self._on_timer)
+        self._arm(loop.time() + limit)
         try:
             ok = await fut
         finally:
             self._waiter = None
         if not ok:
-            raise UpstreamTimeout(stage, f"no data from upstream for {limit:g}s ({stage})")
+            raise _silence(limit, stage)
 
     def _on_timer(self) -> None:
         self._timer = None
         fut = self._waiter
-        if fut is None or fut.done() or self._closed:
+        sink = self._sink
+        if (sink is None and (fut is None or fut.done())) or self._closed:
             return  # nothing waits: the next wait arms it again
         loop = self._pool._loop
         assert loop is not None
         # (libuv's timers count whole milliseconds: one may fire just before its deadline)
-        if loop.time() + _TIMER_SLACK >= self._deadline:
-            fut.set_result(False)
-        else:
+        if loop.time() + _TIMER_SLACK < self._deadline:
             self._timer = loop.call_at(self._deadline, self._on_timer)
+        elif sink is not None:
+            sink(True)
+        elif fut is not None:
+            fut.set_result(False)
+
+    def _arm(self, deadline: float) -> None:
+        """Have the timer fire by ``deadline`` (moved only when it is set for later)."""
+        self._deadline = deadline
+        timer = self._timer
+        if timer is None or timer.when() > deadline:
+            if timer is not None:
+                timer.cancel()
+            loop = self._pool._loop
+            assert loop is not None
+            self._timer = loop.call_at(deadline, self._on_timer)
 
     def _stop_timer(self) -> None:
         if self._timer is not None:
@@ -493,6 +527,98 @@ class UpstreamResponse:
                 conn._discard()
 
 
+class UpstreamExchange:
+    """A request without a body written by :meth:`UpstreamPool.start`, whose events (data,
+    the end, an error, the read timeout) call :meth:`on_event` instead of waking a task.
+
+    Subclass it and override :meth:`on_event`. Once :attr:`head_done` (or :meth:`error`),
+    end the exchange with one of :meth:`finish` (the whole body arrived: the connection
+    goes back to the pool), :meth:`abandon` (it is closed) or :meth:`response` (the rest is
+    read as an :class:`UpstreamResponse`, by awaiting). After that no event comes.
+    """
+
+    __slots__ = ("_conn", "_timeout")
+
+    def __init__(self) -> None:
+        self._conn: _Connection | None = None
+        self._timeout = 0.0
+
+    def on_event(self, timed_out: bool) -> None:
+        """Something happened; ``timed_out``: the read timeout passed without data."""
+        raise NotImplementedError
+
+    @property
+    def head_done(self) -> bool:
+        return self._conn is not None and self._conn._head_done
+
+    @property
+    def complete(self) -> bool:
+        """The whole response arrived."""
+        return self._conn is not None and self._conn._complete
+
+    @property
+    def status(self) -> int:
+        assert self._conn is not None
+        return self._conn._status
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Raw, as received (see :class:`UpstreamResponse`)."""
+        assert self._conn is not None
+        return self._conn._headers
+
+    def error(self, timed_out: bool) -> UpstreamError | None:
+        """What went wrong, if anything did, as :meth:`UpstreamPool.request` would raise it."""
+        conn = self._conn
+        if conn is None:
+            return None
+        if conn._error is not None:
+            return conn._error
+        if timed_out:
+            return _silence(self._timeout, conn._stage())
+        return None
+
+    def stale(self) -> bool:
+        """The upstream closed a reused connection without answering a byte: the request
+        may be sent again on a new connection (see the module doc)."""
+        conn = self._conn
+        return (
+            conn is not None and conn._reused and not conn._got_data
+            and isinstance(conn._error, UpstreamClosed)
+        )  # fmt: skip
+
+    def body(self) -> bytes:
+        """The body received so far (the whole of it once :attr:`complete`)."""
+        assert self._conn is not None
+        return b"".join(self._conn._chunks)
+
+    def _detach(self) -> _Connection | None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn._sink = None
+        return conn
+
+    def finish(self) -> None:
+        """Give the connection back (whole body received) or close it."""
+        conn = self._detach()
+        if conn is not None:
+            conn._chunks.clear()
+            conn._pool._finish(conn)
+
+    def abandon(self) -> None:
+        """Close the connection (the client went away, or the answer is not wanted)."""
+        conn = self._detach()
+        if conn is not None:
+            conn._discard()
+
+    def response(self) -> UpstreamResponse:
+        """The response so far, its body read by awaiting from now on."""
+        conn = self._detach()
+        assert conn is not None and conn._head_done
+        return UpstreamResponse(conn, self._timeout)
+
+
 class UpstreamPool:
     """Keep-alive connections to one ``http://host:port[/prefix]`` upstream.
 
@@ -604,6 +730,44 @@ class UpstreamPool:
             except BaseException:
                 conn._discard()
                 raise
+
+    def start(
+        self,
+        method: str,
+        target: str | bytes,
+        headers: list[tuple[bytes, bytes]],
+        exchange: UpstreamExchange,
+        *,
+        read_timeout: float | None = None,
+    ) -> bool:
+        """Write a request without a body on an idle keep-alive connection and have
+        ``exchange`` called on its events, with no task awaiting them. ``False`` (nothing
+        written) when no idle connection is at hand or the head is refused: the caller
+        takes :meth:`request`'s way, which connects, waits, retries and raises.
+
+        The read timeout is kept as :meth:`request` keeps it: for the head, then for each
+        silence between body chunks.
+        """
+        if self._closed:
+            return False
+        try:
+            head, _ = self._encode_head(method, target, headers, None, False)
+        except ValueError:
+            return False
+        conn = self._pop_idle()
+        if conn is None:
+            return False
+        loop = self._loop
+        assert loop is not None and conn._transport is not None
+        timeout = self._read_timeout if read_timeout is None else read_timeout
+        conn._begin(method == "HEAD")
+        conn._active = True
+        exchange._conn, exchange._timeout = conn, timeout
+        conn._sink = exchange.on_event
+        conn._sink_limit = timeout
+        conn._arm(loop.time() + timeout)
+        conn._transport.write(head)
+        return True
 
     async def aclose(self) -> None:
         """Close idle connections now and busy ones when their response is done."""

@@ -57,6 +57,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from ..config import SAFE_METHODS, GatewayConfig, Route, Shadow
 from ..headers import end_to_end
+from ..proxy_http import request_target
 from ..split import BUCKETS
 from ..upstream import UpstreamPool
 from . import MARKER
@@ -129,21 +130,29 @@ class Tap:
                 self.status = msg["status"]
                 self.resp_headers = _text_headers(msg.get("headers", ()))
             elif kind == "http.response.body" and not self.over:
-                chunk = msg.get("body", b"")
-                self.resp_size += len(chunk)
-                if self.resp_size > self.limit:
-                    self.over = True
-                    self.resp_body.clear()
-                elif chunk:
-                    self.resp_body.append(chunk)
+                self._keep(msg.get("body", b""))
 
         return tapped
 
+    def answered(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """The primary answer of a request served without ``send`` (``proxy_http.DirectForward``):
+        what :meth:`send`'s wrapper keeps of a start and one last body message."""
+        self.status = status
+        self.resp_headers = _text_headers(headers)
+        if not self.over:
+            self._keep(body)
+
+    def _keep(self, chunk: bytes) -> None:
+        self.resp_size += len(chunk)
+        if self.resp_size > self.limit:
+            self.over = True
+            self.resp_body.clear()
+        elif chunk:
+            self.resp_body.append(chunk)
+
     @property
     def target(self) -> bytes:
-        raw: bytes = self.scope.get("raw_path") or self.scope["path"].encode()
-        qs: bytes = self.scope.get("query_string", b"")
-        return raw + b"?" + qs if qs else raw
+        return request_target(self.scope)
 
     def primary_exchange(self) -> Exchange:
         return Exchange(self.status, self.resp_headers, b"".join(self.resp_body))

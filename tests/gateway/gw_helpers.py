@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import psutil
+import uvicorn
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -301,3 +302,23 @@ def force_token(side: str = "new", ttl: str = "1h", secret: str = OPS_SECRET) ->
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return out.stdout.strip()
+
+
+class ThreadServer:
+    """A uvicorn server on a thread of the test process, on a free port of 127.0.0.1."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.port: int = self.sock.getsockname()[1]
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            assert time.monotonic() < deadline, "uvicorn did not start"
+            time.sleep(0.01)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)

@@ -12,12 +12,12 @@ import asyncio
 import io
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import uvicorn
+from gw_helpers import ThreadServer
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -177,21 +177,13 @@ def test_with_the_servers_notes_the_module_send_is_not_wrapped(tmp_path):
     assert names[-2:] == [b"x-request-id", b"x-gateway-backend"]
 
 
-class _Server:
+class _Server(ThreadServer):
     def __init__(self, app: Any) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        cfg = uvicorn.Config(
-            app, loop="uvloop", http=GatewayHttpProtocol, lifespan="on", log_level="critical"
+        super().__init__(
+            uvicorn.Config(
+                app, loop="uvloop", http=GatewayHttpProtocol, lifespan="on", log_level="critical"
+            )
         )
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
 
     def get(self, path: str) -> bytes:
         with socket.create_connection(("127.0.0.1", self.port), timeout=5) as c:
@@ -200,10 +192,6 @@ class _Server:
             while chunk := c.recv(65536):
                 data += chunk
         return data
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 def test_on_the_gateways_protocol_extras_status_and_size_come_from_the_server(tmp_path):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import uvicorn
+from gw_helpers import ThreadServer
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from gateway import http11
@@ -106,29 +106,17 @@ def _counting(base: type[HttpToolsProtocol]) -> type[HttpToolsProtocol]:
     return Counted
 
 
-class _Server:
+class _Server(ThreadServer):
     def __init__(
         self, protocol: type[HttpToolsProtocol], keep_alive: float = 5, app_: Any = app
     ) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        cfg = uvicorn.Config(
-            app_, loop="uvloop", http=_counting(protocol), lifespan="off", log_level="critical",
-            interface="asgi3", proxy_headers=False,
-            timeout_keep_alive=keep_alive,
+        super().__init__(
+            uvicorn.Config(
+                app_, loop="uvloop", http=_counting(protocol), lifespan="off",
+                log_level="critical", interface="asgi3", proxy_headers=False,
+                timeout_keep_alive=keep_alive,
+            )
         )  # fmt: skip
-        self.server = uvicorn.Server(cfg)
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]})
-        self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            assert time.monotonic() < deadline, "uvicorn did not start"
-            time.sleep(0.01)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
 
 
 @pytest.fixture(scope="module")

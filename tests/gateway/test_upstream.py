@@ -25,6 +25,7 @@ from httptools import HttpRequestParser
 from gateway.upstream import (
     UpstreamClosed,
     UpstreamConnectError,
+    UpstreamExchange,
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamTimeout,
@@ -750,5 +751,123 @@ def test_node_http_server_round_trips(run: Run, node_url: str) -> None:
         assert got[2]["te"] == "chunked"
         assert len({g["port"] for g in got}) == 1  # one kept-alive connection throughout
         await pool.aclose()
+
+    run(main())
+
+
+# -- requests started without a task (UpstreamPool.start) ------------------------------------
+
+
+class _Events(UpstreamExchange):
+    """Records every event and ends the exchange as the gateway's does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.events: list[tuple[bool, bool, bool]] = []  # (timed_out, head_done, complete)
+        self.ended: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+    def on_event(self, timed_out: bool) -> None:
+        self.events.append((timed_out, self.head_done, self.complete))
+        error = self.error(timed_out)
+        if error is not None:
+            stale = self.stale()
+            self.abandon()
+            self.ended.set_result(("stale", error) if stale else ("error", error))
+        elif self.complete:
+            result = (self.status, self.body())
+            self.finish()
+            self.ended.set_result(result)
+
+
+def test_start_needs_an_idle_connection_and_delivers_the_answer_as_events(run: Run) -> None:
+    async def main() -> None:
+        async with serve(ok_handler()) as server:
+            pool = make_pool(server.url)
+            assert pool.start("GET", "/a", [], _Events()) is False  # nothing idle yet
+            assert server.requests == 0 and server.connections == 0
+            await (await pool.request("GET", "/warm", [], None)).read()
+            ex = _Events()
+            assert pool.start("GET", "/b?x=1", [], ex) is True
+            assert await asyncio.wait_for(ex.ended, 5) == (200, b"/b?x=1")
+            assert ex.events[-1] == (False, True, True)
+            # finish() gave the connection back: the next request reuses it
+            ex2 = _Events()
+            assert pool.start("GET", "/c", [], ex2) is True
+            assert await asyncio.wait_for(ex2.ended, 5) == (200, b"/c")
+            assert server.connections == 1
+            # a head that would split (CR/LF) is refused without using the connection
+            assert pool.start("GET", "/d\r\nX: y", [], _Events()) is False
+            assert len(pool._idle) == 1
+            await pool.aclose()
+
+    run(main())
+
+
+def test_a_started_request_past_its_read_timeout_gets_a_timeout_event(run: Run) -> None:
+    async def main() -> None:
+        async with serve(_answer_after([0, 10])) as server:
+            pool = make_pool(server.url)
+            await (await pool.request("GET", "/warm", [], None, read_timeout=5)).read()
+            ex = _Events()
+            start = time.monotonic()
+            assert pool.start("GET", "/slow", [], ex, read_timeout=0.3)
+            kind, error = await asyncio.wait_for(ex.ended, 5)
+            assert kind == "error" and isinstance(error, UpstreamTimeout)
+            assert error.stage == "response"
+            assert 0.25 < time.monotonic() - start < 2
+            assert ex.events == [(True, False, False)]
+            assert pool._count == 0  # abandoned: the connection is closed and forgotten
+            await pool.aclose()
+
+    run(main())
+
+
+def test_a_reused_connection_closed_unanswered_is_reported_stale(run: Run) -> None:
+    async def one_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if await read_request(reader) is not None:
+            writer.write(response(b"first"))
+            await read_request(reader)  # the next one: dropped with the connection
+
+    async def main() -> None:
+        async with serve(one_answer) as server:
+            pool = make_pool(server.url)
+            await (await pool.request("GET", "/a", [], None)).read()
+            ex = _Events()
+            assert pool.start("GET", "/b", [], ex)
+            kind, error = await asyncio.wait_for(ex.ended, 5)
+            assert kind == "stale" and isinstance(error, UpstreamClosed)
+            await pool.aclose()
+
+    run(main())
+
+
+def test_a_body_still_to_come_is_read_by_awaiting_after_the_head_event(run: Run) -> None:
+    async def slow_body(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await read_request(reader) is not None:
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello")
+            await writer.drain()
+            await asyncio.sleep(0.1)
+            writer.write(b"world")
+
+    class HeadThenAwait(UpstreamExchange):
+        def __init__(self) -> None:
+            super().__init__()
+            self.resp: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+
+        def on_event(self, timed_out: bool) -> None:
+            if self.head_done and not self.resp.done():
+                self.resp.set_result(self.response())
+
+    async def main() -> None:
+        async with serve(slow_body) as server:
+            pool = make_pool(server.url)
+            await (await pool.request("GET", "/warm", [], None)).read()
+            ex = HeadThenAwait()
+            assert pool.start("GET", "/b", [], ex)
+            resp = await asyncio.wait_for(ex.resp, 5)
+            assert resp.status == 200 and await resp.read() == b"helloworld"
+            await resp.aclose()
+            assert len(pool._idle) == 1  # whole and keep-alive: back in the pool
+            await pool.aclose()
 
     run(main())
