@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
@@ -73,6 +74,8 @@ class GatewayProcess:
     def __init__(self, routes_text: str, env: Mapping[str, str], workdir: str) -> None:
         self.port = _free_port()
         self.admin_port = _free_port()
+        while self.admin_port == self.port:
+            self.admin_port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.config = os.path.join(workdir, f"routes-{self.port}.yaml")
@@ -83,10 +86,12 @@ class GatewayProcess:
         # The contract suite provokes 5xx on the new side on purpose (provider faults): the
         # guard would send routes back to legacy mid-suite. A test may turn it back on.
         # Each process is its own control-plane fleet unless the caller shares a prefix and
-        # state dir on purpose (the two replicas of one contract target do).
+        # state dir on purpose (the two replicas of one contract target do). The prefix is
+        # unique per process, not per port: a port comes back in a later test, and the
+        # live weights an earlier process left under it must not steer this one.
         isolated = {
             "CHATGW_STATE_DIR": os.path.join(workdir, f"state-{self.port}"),
-            "CHATGW_CONTROL_PREFIX": f"chatgw-test-{self.port}:",
+            "CHATGW_CONTROL_PREFIX": f"chatgw-test-{self.port}-{uuid.uuid4().hex[:12]}:",
         }
         full_env = {"CHATGW_GUARD": "off", **os.environ, **isolated, **env, "PYTHONPATH": ROOT}
         self.proc = subprocess.Popen(

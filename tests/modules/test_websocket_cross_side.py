@@ -233,6 +233,11 @@ def test_two_gateway_processes_share_one_hub(legacy_stack: Any, tmp_path: Any) -
                 "Authorization": f"Bearer {mint(secret, u)}"})  # fmt: skip
             assert r.headers["x-gateway-backend"] == "new"
             assert len(r.json()["data"]) == 4
+    except BaseException:
+        # Shown by pytest with the failure (CI once saw the first upgrade answered 403).
+        print(f"first gateway ({first.url}):\n{first.log()}")
+        print(f"second gateway ({second.url}):\n{second.log()}")
+        raise
     finally:
         first.stop()
         second.stop()
