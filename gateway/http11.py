@@ -46,6 +46,7 @@ from uvicorn.protocols.http.httptools_impl import (
     RequestResponseCycle,
 )
 
+from .busypoll import BusyPoll
 from .ws_tunnel import WebSocketTunnel
 
 
@@ -338,12 +339,41 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _http_entry: Any = None
     _http_start: Any = None  # the app's http_start, False: none
 
+    _busy_poll: BusyPoll | bool | None = None  # False: off (CHATGW_BUSY_POLL_US unset)
+
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
+        poll = self._busy_poll
+        if poll is None:
+            poll = self._find_busy_poll()
+        if poll and not cast(BusyPoll, poll).in_flight:
+            cast(BusyPoll, poll).poke()
         super().data_received(data)
+
+    _counted = False  # this connection's request is in its BusyPoll's in_flight
+
+    def _request_done(self) -> None:
+        self._counted = False
+        cast(BusyPoll, self._busy_poll).in_flight -= 1
+
+    def _find_busy_poll(self) -> BusyPoll | bool:
+        """The server's :class:`gateway.busypoll.BusyPoll` when the config asks for one
+        (``uvicorn_config(busy_poll=…)``), else False."""
+        window: float = getattr(self.config, "chatgw_busy_poll", 0.0)
+        if not window:
+            self._busy_poll = False
+            return False
+        state: Any = self.server_state
+        poll: BusyPoll | None = getattr(state, "chatgw_busy_poll", None)
+        if poll is None or poll.loop is not self.loop:
+            poll = state.chatgw_busy_poll = BusyPoll(self.loop, window)
+        self._busy_poll = poll
+        return poll
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle_since = None
+        if self._counted:
+            self._request_done()
         cycle = self.cycle
         super().connection_lost(exc)
         lost = getattr(cycle, "lost", None)
@@ -384,6 +414,8 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     def on_response_complete(self) -> None:
         # uvicorn's, except for the keep-alive timer (see _IdleSweeper)
         self.server_state.total_requests += 1
+        if self._counted:
+            self._request_done()
         if self.transport.is_closing():
             return
         self._unset_keepalive_if_required()
@@ -414,6 +446,10 @@ class GatewayHttpProtocol(HttpToolsProtocol):
         return sweeper
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+        poll = self._busy_poll
+        if poll and not self._counted:
+            self._counted = True
+            cast(BusyPoll, poll).in_flight += 1
         if type(cycle) is RequestResponseCycle:
             cycle.__class__ = CoalescingCycle
             notes = cast(CoalescingCycle, cycle).notes = ResponseNotes()

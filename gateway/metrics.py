@@ -16,6 +16,7 @@ gateway_force_token_rejected_total          reason (malformed, bad_signature, ex
 gateway_bad_requests_total                  reason (bad_path, body_too_large, no_route)
 gateway_gc_threshold                        gauge by generation (gateway.gc_tuning)
 gateway_gc_frozen_objects                   gauge: the start-up heap the collector skips
+gateway_busy_poll_seconds_total             time polling instead of sleeping (gateway.busypoll)
 python_gc_collections_total                 prometheus_client's, by generation (and _objects_*)
 ==========================================  =================================================
 """
@@ -36,6 +37,7 @@ from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, M
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .busypoll import BusyPollCollector
 from .gc_tuning import GcCollector
 
 # `*_created` series double the output and nothing here reads them.
@@ -83,6 +85,7 @@ class Metrics:
         # the collector's work (python_gc_*) and what it runs with (gateway_gc_*)
         GCCollector(registry=r)
         r.register(GcCollector())
+        r.register(BusyPollCollector())
 
     def before_collect(self, fn: Callable[[], object]) -> None:
         """Call ``fn`` before a scrape reads the request counts (the gateway counts in

@@ -30,6 +30,7 @@ import modules
 
 from .admin import create_admin_app
 from .app import Gateway
+from .busypoll import window_from_env
 from .config import load_config
 from .control.guard import Guard
 from .control.plane import ControlPlane
@@ -96,7 +97,8 @@ class DrainingServer(uvicorn.Server):
         await super().shutdown(sockets)
 
 
-def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
+def uvicorn_config(app: Any, *, busy_poll: float = 0.0, **kw: Any) -> uvicorn.Config:
+    """The gateway's uvicorn settings; ``busy_poll``: :mod:`gateway.busypoll`'s window (s)."""
     options: dict[str, Any] = {
         "loop": "uvloop",
         # httptools, with each response's head and first body chunk in one write (http11.py)
@@ -113,7 +115,9 @@ def uvicorn_config(app: Any, **kw: Any) -> uvicorn.Config:
         "timeout_graceful_shutdown": 15,
     }
     options.update(kw)
-    return uvicorn.Config(app, **options)
+    config = uvicorn.Config(app, **options)
+    config.chatgw_busy_poll = busy_poll  # type: ignore[attr-defined]  # read by http11
+    return config
 
 
 def attach_admin(
@@ -181,6 +185,7 @@ def serve_one(
     try:
         drain = drain_seconds()
         threshold = gc_threshold()
+        busy_poll = window_from_env()
     except ValueError as exc:
         sys.exit(f"chatgw: {exc}")
     apply_gc_threshold(threshold)
@@ -196,7 +201,12 @@ def serve_one(
         flush=True,
     )
     cfg = uvicorn_config(
-        gateway, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=drain
+        gateway,
+        busy_poll=busy_poll,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=drain,
     )
     DrainingServer(cfg, gateway).run(sockets=[sock])
 
