@@ -7,6 +7,9 @@ Targets, all answering the same 409 bytes of JSON (:mod:`bench.bench_module`) on
 ``bare``      the bench Starlette app on uvicorn (1 worker, uvloop, httptools, no access log)
 ``proxied``   ``chatgw serve`` (1 worker) routing ``/api/proxied`` to the Node, as shipped:
               metrics on, access log on (to a file in the temp dir, or $BENCH_ACCESS_LOG)
+``proxied-poll`` a second ``chatgw serve`` as ``proxied`` with ``CHATGW_BUSY_POLL_US=300``
+              (gateway/busypoll.py: the loop polls instead of sleeping while requests come
+              one at a time; off as shipped)
 ``inproc``    the same gateway, ``/api/inproc`` at 100 % to the bench app as a module
 
 and the session GET on real Redis (issue 9's in-process target): ``bare-redis`` a bare
@@ -63,6 +66,7 @@ TARGET_PROXIED_RPS = 5000
 TARGET_INPROC_SHARE = 0.80
 TARGET_PROXIED_CPU_US = 100  # issue 9, on the machine of design/PERFORMANCE.md
 TARGET_SESSION_SHARE = 0.90
+BUSY_POLL_US = 300  # the proxied-poll target's CHATGW_BUSY_POLL_US (gateway/busypoll.py)
 # The session path (issue 4): GET /api/sessions/{id} on real Redis, the module standalone
 # under uvicorn (the bare reference) vs the same module behind the gateway.
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
@@ -390,11 +394,14 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
         url = f"http://127.0.0.1:{port}{session_path}"
         targets[name] = Target(name, label, url, [proc], headers=session_headers)
 
-    if only & {"proxied", "inproc", "session"}:
+    routes = tmp / "routes.yaml"
+    routes.write_text(ROUTES_YAML.format(node_port=node_port))
+
+    def gateway(name: str, extra_env: dict[str, str]) -> tuple[str, psutil.Process, str]:
+        """``chatgw serve`` on the bench routes: (base URL, process, access-log file)."""
         port, admin = free_port(), free_port()
-        routes = tmp / "routes.yaml"
-        routes.write_text(ROUTES_YAML.format(node_port=node_port))
-        access_log = os.environ.get("BENCH_ACCESS_LOG") or str(tmp / "gateway-access.log")
+        own = os.environ.get("BENCH_ACCESS_LOG") if name == "gateway" else None
+        access_log = own or str(tmp / f"{name}-access.log")
         # The access log goes to the gateway's stdout; stderr (warnings) to its own file.
         proc = spawn(
             ["sh", "-c", 'exec "$0" "$@" >"$BENCH_ACCESS_LOG_FILE" 2>"$BENCH_GW_ERR"',
@@ -403,11 +410,22 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
              "--admin-port", str(admin)],
             env={**session_env, "CHATGW_EXTRA_MODULES": "bench=bench.bench_module:create_app",
                  "PYTHONPATH": str(ROOT), "BENCH_ACCESS_LOG_FILE": access_log,
-                 "BENCH_GW_ERR": str(tmp / "gateway.log")},
-            log=tmp / "gateway.log",
+                 "BENCH_GW_ERR": str(tmp / f"{name}.log"), **extra_env},
+            log=tmp / f"{name}.log",
         )  # fmt: skip
-        wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / "gateway.log")
-        base = f"http://127.0.0.1:{port}"
+        wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / f"{name}.log")
+        return f"http://127.0.0.1:{port}", proc, access_log
+
+    if "proxied-poll" in only:
+        base, proc, _ = gateway("gateway-poll", {"CHATGW_BUSY_POLL_US": str(BUSY_POLL_US)})
+        targets["proxied-poll"] = Target(
+            "proxied-poll", f"the same, CHATGW_BUSY_POLL_US={BUSY_POLL_US}",
+            base + "/api/proxied", [proc], [node],
+        )  # fmt: skip
+        check_side(targets["proxied-poll"], "legacy")
+
+    if only & {"proxied", "inproc", "session"}:
+        base, proc, access_log = gateway("gateway", {})
         if "proxied" in only:
             wait_ready(base + "/api/proxied", proc, tmp / "gateway.log")
             targets["proxied"] = Target(
@@ -568,6 +586,14 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     if g and g.added_c1_p50_us is not None:
         add("proxied: added p50 at c=1 over direct", g.added_c1_p50_us, "µs", "≤ 100 µs",
             g.added_c1_p50_us <= 100, "nginx", n.added_c1_p50_us if n else None)  # fmt: skip
+    gp = results.get("proxied-poll")
+    if gp and gp.added_c1_p50_us is not None:
+        add(f"proxied, CHATGW_BUSY_POLL_US={BUSY_POLL_US}: added p50 at c=1 over direct",
+            gp.added_c1_p50_us, "µs", "≤ 100 µs", gp.added_c1_p50_us <= 100, "as shipped",
+            g.added_c1_p50_us if g else None)  # fmt: skip
+    if gp and g:
+        add(f"proxied, CHATGW_BUSY_POLL_US={BUSY_POLL_US}: req/s at c=50 vs as shipped",
+            gp.rps / g.rps, "×", "info", None, "as shipped req/s", g.rps)  # fmt: skip
     if i and b:
         add("in-process: req/s vs bare Starlette (issue 2)", i.rps / b.rps, "×", "≥ 0.80",
             i.rps / b.rps >= TARGET_INPROC_SHARE, "bare Starlette", b.rps)  # fmt: skip
@@ -615,8 +641,8 @@ def main() -> int:
     c1_duration = os.environ.get("BENCH_C1_DURATION", "1s" if quick else "3s")
     warmup = "1s" if quick else "2s"
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
-    names = ["node", "nginx", "bare", "proxied", "inproc", "bare-redis", "bare-redis-gc",
-             "bare-session", "session"]  # fmt: skip
+    names = ["node", "nginx", "bare", "proxied", "proxied-poll", "inproc", "bare-redis",
+             "bare-redis-gc", "bare-session", "session"]  # fmt: skip
     only = set(os.environ.get("BENCH_ONLY", ",".join(names)).split(",")) | {"node"}
     profile_targets = os.environ.get("BENCH_PROFILE", "").split(",")
     if "--profile" in sys.argv[1:] or "1" in profile_targets:
