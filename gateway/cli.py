@@ -105,6 +105,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(issue, file=sys.stderr)
         return 1
     try:
+        server.check_ports(args.host, args.port, args.admin_port, args.workers)
         if args.reload:
             server.serve_reload(
                 path, args.host, args.port, args.admin_host, args.admin_port, args.log_level

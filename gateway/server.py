@@ -45,6 +45,16 @@ class PortTaken(Exception):
         super().__init__(f"cannot listen on {host}:{port}: {reason}")
 
 
+def check_ports(host: str, port: int, admin_port: int, workers: int = 1) -> None:
+    """Refuse a client port that is also an admin port (``admin_port + i`` per worker):
+    both sockets are bound with SO_REUSEADDR before either listens, so the binds succeed
+    and the admin app would come up on the client port until the client listener fails."""
+    if port and admin_port <= port < admin_port + max(workers, 1):
+        raise PortTaken(
+            host, port, "the client listener and an admin listener were given the same port"
+        )
+
+
 def bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

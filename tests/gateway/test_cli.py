@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from gw_helpers import OPS_SECRET, ROOT, free_port
+from tests_support import free_ports
 
 from gateway.config import load_config
 from gateway.split import check_force_token
@@ -104,13 +105,32 @@ def test_serve_on_a_taken_port_exits_3_with_a_clear_message(which: str):
         taken.bind(("127.0.0.1", 0))
         taken.listen(1)
         busy = taken.getsockname()[1]
-        ports = {"port": free_port(), "admin-port": free_port(), which: busy}
+        port, admin = free_ports(2)
+        ports = {"port": port, "admin-port": admin, which: busy}
         out = chatgw(
             "serve", "--config", os.path.join(ROOT, "routes.yaml"),
             "--port", str(ports["port"]), "--admin-port", str(ports["admin-port"]),
         )  # fmt: skip
     assert out.returncode == 3
     assert f"chatgw: cannot listen on 127.0.0.1:{busy}: Address already in use" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_serve_with_the_admin_port_on_the_client_port_exits_3(workers: int):
+    # (Both sockets bound with SO_REUSEADDR before either listens: without the check the
+    # admin app came up on the client port and the gateway died a moment later.)
+    port = free_port()
+    admin = port if workers == 1 else port - 1
+    out = chatgw(
+        "serve", "--config", os.path.join(ROOT, "routes.yaml"), "--port", str(port),
+        "--admin-port", str(admin), "--workers", str(workers), timeout=30,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr
+    assert (
+        f"chatgw: cannot listen on 127.0.0.1:{port}: the client listener and an admin "
+        "listener were given the same port"
+    ) in out.stderr
     assert "Traceback" not in out.stderr
 
 
