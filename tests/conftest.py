@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from urllib.parse import quote
 
 import pytest
-from tests_support import need
+from tests_support import free_ports, need
 
 REDIS_HOST = os.environ.get("TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", "6379"))
@@ -223,13 +223,14 @@ def legacy_stack(redis_db: int, tmp_path_factory: pytest.TempPathFactory) -> Ite
     need(mysql_available(), f"MariaDB is not reachable at {MYSQL_HOST}:{MYSQL_PORT}")
     need(os.path.exists(os.path.join(LEGACY_DIR, "stack")), "deploy/legacy/stack is missing")
     db_name = "cgw_stack_" + secrets.token_hex(4)
+    core, core2, ai, session, admin, provider = free_ports(6)
     env = {
-        "CHAT_CORE_PORT": str(free_port()),
-        "CHAT_CORE2_PORT": str(free_port()),
-        "AI_SERVICE_PORT": str(free_port()),
-        "CHAT_SESSION_PORT": str(free_port()),
-        "CHAT_ADMIN_PORT": str(free_port()),
-        "FAKE_DASHSCOPE_PORT": str(free_port()),
+        "CHAT_CORE_PORT": str(core),
+        "CHAT_CORE2_PORT": str(core2),
+        "AI_SERVICE_PORT": str(ai),
+        "CHAT_SESSION_PORT": str(session),
+        "CHAT_ADMIN_PORT": str(admin),
+        "FAKE_DASHSCOPE_PORT": str(provider),
         "DB_HOST": MYSQL_HOST,
         "DB_PORT": str(MYSQL_PORT),
         "DB_USER": MYSQL_USER,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,14 +18,9 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
+from tests_support import free_ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def routes_at(percent: float, text: str | None = None) -> str:
@@ -72,10 +66,7 @@ def gateway_env(stack: Any) -> dict[str, str]:
 
 class GatewayProcess:
     def __init__(self, routes_text: str, env: Mapping[str, str], workdir: str) -> None:
-        self.port = _free_port()
-        self.admin_port = _free_port()
-        while self.admin_port == self.port:
-            self.admin_port = _free_port()
+        self.port, self.admin_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         self.config = os.path.join(workdir, f"routes-{self.port}.yaml")

@@ -2,13 +2,28 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import time
 from typing import Any
 
 import jwt
 import pytest
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports of 127.0.0.1, all held until every one is picked (picked
+    one at a time, a port closed a moment before can be handed out again: a gateway given
+    the same client and admin port serves its admin app on both)."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(n):
+            s = stack.enter_context(socket.socket())
+            s.bind(("127.0.0.1", 0))
+            ports.append(int(s.getsockname()[1]))
+        return ports
 
 
 def make_token_for(stack: Any, sub: str, role: str = "customer", exp_in: int = 3600) -> str:

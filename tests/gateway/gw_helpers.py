@@ -24,6 +24,7 @@ import psutil
 import uvicorn
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from tests_support import free_ports
 
 HERE = Path(__file__).resolve().parent
 
@@ -142,7 +143,7 @@ def spawn_gateway(
     d.mkdir(parents=True, exist_ok=True)
     cfg = d / "routes.yaml"
     cfg.write_text(config if isinstance(config, str) else yaml.safe_dump(config, sort_keys=False))
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     argv = [sys.executable, "-m", launcher, "serve", "--config", str(cfg),
             "--port", str(port), "--admin-port", str(admin)]  # fmt: skip
     with open(d / "stdout.log", "wb") as out, open(d / "stderr.log", "wb") as err:

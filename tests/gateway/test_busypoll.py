@@ -77,7 +77,7 @@ def test_a_poke_keeps_the_loop_polling_for_the_window_and_no_longer(run: Run) ->
     assert cpu >= 0.03
     assert cpu < 0.12  # and stopped after it: the rest of the sleep was spent asleep
     assert not poll.running
-    assert 0.05 <= poll.polled < 0.08
+    assert 0.05 <= poll.polled < 0.15
 
 
 def test_without_a_poke_the_loop_sleeps(run: Run) -> None:
