@@ -12,11 +12,26 @@ import json
 import os
 import platform
 import re
+import socket
 import subprocess
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def free_ports(n: int) -> list[int]:
+    """``n`` distinct free ports of 127.0.0.1 (each socket held until all are picked: one at
+    a time, the same port comes back about once in 17 000 pairs, and ``chatgw serve``
+    refuses a client port that is also its admin port)."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
 
 
 def row(

@@ -73,6 +73,8 @@ class Replica:
 
     def __init__(self, workdir: str, env: dict[str, str], i: int) -> None:
         self.port, self.admin_port = _free_port(), _free_port()
+        while self.admin_port == self.port:  # (the same free port can come back at once)
+            self.admin_port = _free_port()
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         config = os.path.join(workdir, "routes.yaml")
         self.log = open(os.path.join(workdir, f"replica-{i}.log"), "wb")  # noqa: SIM115

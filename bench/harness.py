@@ -58,7 +58,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_module import BODY  # noqa: E402
-from bench.common import row, run_meta, summarise_stacks, write_results  # noqa: E402
+from bench.common import free_ports, row, run_meta, summarise_stacks, write_results  # noqa: E402
 
 PY = str(ROOT / ".venv" / "bin" / "python")
 CONNECTIONS = 50
@@ -399,7 +399,7 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
 
     def gateway(name: str, extra_env: dict[str, str]) -> tuple[str, psutil.Process, str]:
         """``chatgw serve`` on the bench routes: (base URL, process, access-log file)."""
-        port, admin = free_port(), free_port()
+        port, admin = free_ports(2)
         own = os.environ.get("BENCH_ACCESS_LOG") if name == "gateway" else None
         access_log = own or str(tmp / f"{name}-access.log")
         # The access log goes to the gateway's stdout; stderr (warnings) to its own file.

@@ -104,7 +104,7 @@ sys.path.insert(0, str(ROOT))
 # mypy follows a ``from`` import and would report harness.py's own type errors against this
 # file. The annotations keep the call sites checked.
 _harness = importlib.import_module("bench.harness")
-from bench.common import row, run_meta, summarise_stacks  # noqa: E402
+from bench.common import free_ports, row, run_meta, summarise_stacks  # noqa: E402
 
 spawn: Callable[..., psutil.Process] = _harness.spawn  # own process group; stop_all stops it
 stop_all: Callable[[], None] = _harness.stop_all
@@ -580,7 +580,7 @@ def start_targets(tmp: Path, nginx_buffer: str | None) -> dict[str, Target]:
     wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / "nginx.log")
     targets["nginx"] = Target("nginx", port, [proc], [node])
 
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     routes = tmp / "routes.yaml"
     routes.write_text(ROUTES_YAML.format(node_port=node_port))
     # As bench/harness.py: the access log is the gateway's stdout, redirected to a file.

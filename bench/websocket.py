@@ -94,7 +94,7 @@ sys.path.insert(0, str(ROOT))
 # bench.harness, imported by name rather than `from bench.harness import ...` so that mypy
 # does not follow it into that file's own type errors (`mypy bench/websocket.py` stays clean).
 _harness = importlib.import_module("bench.harness")
-from bench.common import row, run_meta  # noqa: E402
+from bench.common import free_ports, row, run_meta  # noqa: E402
 
 spawn: Callable[..., psutil.Process] = _harness.spawn
 stop_all: Callable[[], None] = _harness.stop_all
@@ -233,7 +233,7 @@ def start_servers(tmp: Path, *, trace: bool) -> Servers:
     )
     wait_ready(f"http://127.0.0.1:{node_port}/health", node, tmp / "node.log")
 
-    port, admin = free_port(), free_port()
+    port, admin = free_ports(2)
     routes = tmp / "routes.yaml"
     routes.write_text(ROUTES_YAML.format(node_port=node_port))
     access_log = tmp / "gateway-access.log"
