@@ -46,9 +46,10 @@ class PortTaken(Exception):
 
 
 def check_ports(host: str, port: int, admin_port: int, workers: int = 1) -> None:
-    """Refuse a client port that is also an admin port (``admin_port + i`` per worker):
-    both sockets are bound with SO_REUSEADDR before either listens, so the binds succeed
-    and the admin app would come up on the client port until the client listener fails."""
+    """Refuse a client port that is also an admin port (``admin_port + i`` per worker).
+    Both sockets are bound with SO_REUSEADDR before either listens, so both binds succeed;
+    the admin listener then listens and the client one never does, and the process went
+    on serving only its admin app on the client port (``/ready`` 200, upgrades 403)."""
     if port and admin_port <= port < admin_port + max(workers, 1):
         raise PortTaken(
             host, port, "the client listener and an admin listener were given the same port"

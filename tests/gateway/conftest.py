@@ -15,20 +15,23 @@ Helpers live in ``gw_helpers.py``.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import uvloop
 from gw_helpers import (
     HERE,
     NODE_PATH,
     GatewayProc,
+    Run,
     StartGateway,
     Upstreams,
     free_port,
@@ -169,3 +172,16 @@ def gw_down(dead_port: int, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     proc = spawn_gateway(cfg, tmp_path_factory.mktemp("gateway-down"))
     yield proc
     proc.stop()
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Run]:
+    """Runs a test's coroutine (no pytest-asyncio) on the default asyncio loop, and again
+    on uvloop (what uvicorn runs in production)."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
+
+    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
+        with asyncio.Runner(loop_factory=factory) as r:
+            return r.run(asyncio.wait_for(coro, 30))
+
+    yield runner

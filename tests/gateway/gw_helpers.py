@@ -15,7 +15,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -303,6 +303,32 @@ def force_token(side: str = "new", ttl: str = "1h", secret: str = OPS_SECRET) ->
         capture_output=True, text=True, timeout=60, check=True,
     )  # fmt: skip
     return out.stdout.strip()
+
+
+def read_responses(c: socket.socket, n: int = 1) -> Any:
+    """One response (``n`` responses as a list), however the reads split them."""
+    data, answers = b"", []
+    while len(answers) < n:
+        while b"\r\n\r\n" not in data:
+            chunk = c.recv(65536)
+            assert chunk, "the connection closed before the answer"
+            data += chunk
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+            if line.startswith(b"content-length:")
+        )  # fmt: skip
+        while len(rest) < length:
+            chunk = c.recv(65536)
+            assert chunk, "the connection closed before the answer"
+            rest += chunk
+        answers.append(head + b"\r\n\r\n" + rest[:length])
+        data = rest[length:]
+    return answers[0] if n == 1 else answers
+
+
+#: The ``run`` fixture (conftest.py): runs a test's coroutine on asyncio's loop, then uvloop's.
+Run = Callable[[Coroutine[Any, Any, Any]], Any]
 
 
 class ThreadServer:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gw_helpers import ThreadServer, Upstreams
+from gw_helpers import ThreadServer, Upstreams, read_responses
 from uvicorn.protocols.http.flow_control import FlowControl
 
 from gateway.accesslog import AccessLog
@@ -78,17 +78,8 @@ class _Server(ThreadServer):
         c = conn or socket.create_connection(("127.0.0.1", self.port), timeout=10)
         try:
             c.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-            data = b""
-            while b"\r\n\r\n" not in data:
-                data += c.recv(65536)
-            head, _, body = data.partition(b"\r\n\r\n")
-            length = next(
-                int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
-                if line.startswith(b"content-length:")
-            )  # fmt: skip
-            while len(body) < length:
-                body += c.recv(65536)
-            return data
+            answer: bytes = read_responses(c)
+            return answer
         finally:
             if conn is None:
                 c.close()

@@ -14,12 +14,11 @@ import socket
 import subprocess
 import time
 import tracemalloc
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
-import uvloop
-from gw_helpers import need
+from gw_helpers import Run, need
 from httptools import HttpRequestParser
 
 from gateway.upstream import (
@@ -32,18 +31,6 @@ from gateway.upstream import (
 )
 
 MiB = 1024 * 1024
-Run = Callable[[Coroutine[Any, Any, Any]], Any]
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def run(request: pytest.FixtureRequest) -> Iterator[Run]:
-    factory = uvloop.new_event_loop if request.param == "uvloop" else asyncio.new_event_loop
-
-    def runner(coro: Coroutine[Any, Any, Any]) -> Any:
-        with asyncio.Runner(loop_factory=factory) as r:
-            return r.run(asyncio.wait_for(coro, 30))
-
-    yield runner
 
 
 # -- a tiny HTTP/1.1 server toolkit ---------------------------------------------------------
