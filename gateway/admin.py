@@ -1,7 +1,8 @@
 """The admin listener (default 127.0.0.1:9000), apart from client traffic.
 
-``GET /metrics`` (Prometheus text format), ``GET /ready`` (200 once the config is loaded
-and every module started, 503 before and while draining), ``GET /health``, and the
+``GET /metrics`` (Prometheus text format), ``GET /ready`` (200 once the config is loaded,
+every module started and the client listener listening; 503 before, while draining, and
+if the client listener is not listening), ``GET /health``, and the
 control API under ``/api`` (:mod:`gateway.control.api`, bearer token) and the dashboard
 page ``/dashboard`` (:mod:`gateway.control.dashboard`) when a control plane is attached.
 /metrics and /ready stay open for Prometheus and probes.
@@ -14,6 +15,7 @@ Alert on ``gateway_control_store_up == 0`` instead; ``control`` in the body says
 
 from __future__ import annotations
 
+import socket
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -27,23 +29,38 @@ if TYPE_CHECKING:
     from .control.plane import ControlPlane
 
 
+def listening(sock: socket.socket) -> bool:
+    """The socket accepts connections (``SO_ACCEPTCONN``): bound is not enough."""
+    try:
+        return bool(sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN))
+    except OSError:  # closed
+        return False
+
+
 def create_admin_app(gateway: Gateway, control: ControlPlane | None = None) -> Starlette:
     async def metrics(request: Request) -> Response:
         return Response(generate_latest(gateway.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def ready(request: Request) -> Response:
         config = gateway.table.config
+        ok = gateway.ready and all(map(listening, gateway.client_sockets))
         body: dict[str, object] = {
-            "status": "ready" if gateway.ready else "draining" if gateway.draining else "starting",
+            "status": "ready"
+            if ok
+            else "draining"
+            if gateway.draining
+            else "not listening"
+            if gateway.ready
+            else "starting",
             "config": config.source,
             "routes": len(config.routes),
             "modules": sorted({r.module for r in config.routes if r.module}),
         }
         if control is not None:
             body["control"] = {"version": control.version, "store": control.store_view()}
-            if gateway.ready and control.controller.degraded:
+            if ok and control.controller.degraded:
                 body["status"] = "degraded"
-        return JSONResponse(body, status_code=200 if gateway.ready else 503)
+        return JSONResponse(body, status_code=200 if ok else 503)
 
     async def health(request: Request) -> Response:
         return JSONResponse({"status": "ok", "service": "chat-gateway-admin"})

@@ -16,6 +16,7 @@ import asyncio
 import functools
 import logging
 import os
+import socket
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -180,6 +181,8 @@ class Gateway:
         self.pools: dict[str, UpstreamPool] = {}
         self.modules = ModuleHost(GatewayDispatcher(self), self.env)
         self.ready = False
+        #: The client listeners (gateway.server): /ready is 503 while one is not listening.
+        self.client_sockets: list[socket.socket] = []
         self.started_hooks: list[Any] = []
         self.stopping_hooks: list[Any] = []
         self.control: Any = None  # the ControlPlane, when served (gateway.server.build)

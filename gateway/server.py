@@ -203,6 +203,7 @@ def serve_one(
     sock = bind(host, port, reuse_port=reuse_port)
     admin_sock = bind(admin_host, admin_port)
     gateway = build(config_path, admin_host, admin_port, admin_sock)
+    gateway.client_sockets = [sock]
     if threshold is not None:
         # last of the started hooks: modules, pools and the control plane are up
         gateway.started_hooks.append(_freeze_startup_heap)

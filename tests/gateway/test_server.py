@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
 import httpx
-from gw_helpers import main_config
+import yaml
+from gw_helpers import ThreadServer, main_config
+
+MINIMAL = {
+    "upstreams": {"x": {"url": "http://127.0.0.1:9"}},
+    "routes": [{"name": "x", "match": {"prefix": "/x"}, "legacy": "x"}],
+}
 
 
 def test_ready_on_the_admin_port_describes_the_loaded_config(gw):
@@ -62,3 +69,34 @@ def test_sigterm_lets_an_in_flight_request_finish_and_module_lifespans_stop_then
         except httpx.ConnectError:
             refused = True
     assert refused
+
+
+def test_ready_is_503_while_the_client_listener_is_bound_but_not_listening(tmp_path):
+    # What a client port shared with the admin port gave before chatgw refused it: the
+    # client socket bound and never listening, the admin app up, and /ready said 200.
+    from gateway.admin import create_admin_app
+    from gateway.app import Gateway
+    from gateway.config import load_config
+    from gateway.server import uvicorn_config
+
+    path = tmp_path / "routes.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    gateway = Gateway(load_config(str(path)), env={})
+    gateway.ready = True
+    admin = ThreadServer(
+        uvicorn_config(create_admin_app(gateway), lifespan="off", log_level="critical")
+    )
+    url = f"http://127.0.0.1:{admin.port}/ready"
+    try:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            gateway.client_sockets = [sock]
+            r = httpx.get(url, trust_env=False)
+            assert (r.status_code, r.json()["status"]) == (503, "not listening")
+            sock.listen(1)
+            r = httpx.get(url, trust_env=False)
+            assert (r.status_code, r.json()["status"]) == (200, "ready")
+        r = httpx.get(url, trust_env=False)  # closed: not listening either
+        assert (r.status_code, r.json()["status"]) == (503, "not listening")
+    finally:
+        admin.stop()
