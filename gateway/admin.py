@@ -44,14 +44,14 @@ def create_admin_app(gateway: Gateway, control: ControlPlane | None = None) -> S
     async def ready(request: Request) -> Response:
         config = gateway.table.config
         ok = gateway.ready and all(map(listening, gateway.client_sockets))
+        if ok:
+            status = "ready"
+        elif gateway.draining:
+            status = "draining"
+        else:
+            status = "not listening" if gateway.ready else "starting"
         body: dict[str, object] = {
-            "status": "ready"
-            if ok
-            else "draining"
-            if gateway.draining
-            else "not listening"
-            if gateway.ready
-            else "starting",
+            "status": status,
             "config": config.source,
             "routes": len(config.routes),
             "modules": sorted({r.module for r in config.routes if r.module}),
