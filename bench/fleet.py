@@ -20,7 +20,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,10 @@ import httpx
 import redis
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from bench.common import free_ports  # noqa: E402
+
 TARGET_P99_MS = 250.0
 TOKEN = secrets.token_hex(16)
 
@@ -62,19 +65,11 @@ def create_noop(ctx: Any) -> Any:
     return app
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Replica:
     """One ``chatgw serve`` subprocess of the bench fleet."""
 
     def __init__(self, workdir: str, env: dict[str, str], i: int) -> None:
-        self.port, self.admin_port = _free_port(), _free_port()
-        while self.admin_port == self.port:  # (the same free port can come back at once)
-            self.admin_port = _free_port()
+        self.port, self.admin_port = free_ports(2)
         self.admin = f"http://127.0.0.1:{self.admin_port}"
         config = os.path.join(workdir, "routes.yaml")
         self.log = open(os.path.join(workdir, f"replica-{i}.log"), "wb")  # noqa: SIM115

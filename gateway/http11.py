@@ -339,36 +339,34 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _http_entry: Any = None
     _http_start: Any = None  # the app's http_start, False: none
 
-    _busy_poll: BusyPoll | bool | None = None  # False: off (CHATGW_BUSY_POLL_US unset)
+    _busy_poll: BusyPoll | None = None  # the server's, when CHATGW_BUSY_POLL_US is set
+    _counted = False  # this connection's request is in its BusyPoll's in_flight
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        window: float = getattr(self.config, "chatgw_busy_poll", 0.0)  # uvicorn_config's
+        if window:
+            self._busy_poll = self._server_busy_poll(window)
 
     def data_received(self, data: bytes) -> None:
         self.idle_since = None
         poll = self._busy_poll
-        if poll is None:
-            poll = self._find_busy_poll()
-        if poll and not cast(BusyPoll, poll).in_flight:
-            cast(BusyPoll, poll).poke()
+        if poll is not None and not poll.in_flight:
+            poll.poke()
         super().data_received(data)
 
-    _counted = False  # this connection's request is in its BusyPoll's in_flight
-
-    def _request_done(self) -> None:
-        self._counted = False
-        cast(BusyPoll, self._busy_poll).in_flight -= 1
-
-    def _find_busy_poll(self) -> BusyPoll | bool:
-        """The server's :class:`gateway.busypoll.BusyPoll` when the config asks for one
-        (``uvicorn_config(busy_poll=…)``), else False."""
-        window: float = getattr(self.config, "chatgw_busy_poll", 0.0)
-        if not window:
-            self._busy_poll = False
-            return False
+    def _server_busy_poll(self, window: float) -> BusyPoll:
+        """The server's :class:`gateway.busypoll.BusyPoll`, one per server and loop."""
         state: Any = self.server_state
         poll: BusyPoll | None = getattr(state, "chatgw_busy_poll", None)
         if poll is None or poll.loop is not self.loop:
             poll = state.chatgw_busy_poll = BusyPoll(self.loop, window)
-        self._busy_poll = poll
         return poll
+
+    def _request_done(self) -> None:
+        self._counted = False
+        assert self._busy_poll is not None
+        self._busy_poll.in_flight -= 1
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.idle_since = None
@@ -447,9 +445,9 @@ class GatewayHttpProtocol(HttpToolsProtocol):
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
         poll = self._busy_poll
-        if poll and not self._counted:
+        if poll is not None and not self._counted:
             self._counted = True
-            cast(BusyPoll, poll).in_flight += 1
+            poll.in_flight += 1
         if type(cycle) is RequestResponseCycle:
             cycle.__class__ = CoalescingCycle
             notes = cast(CoalescingCycle, cycle).notes = ResponseNotes()

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterable, Callable
+from collections.abc import AsyncIterable
 from contextlib import suppress
 from types import TracebackType
 from typing import Any, Literal
@@ -135,11 +135,35 @@ class _Connection(asyncio.Protocol):
     """One upstream TCP connection; parser callbacks fill the current exchange's state."""
 
     __slots__ = (
-        "_active", "_buffered", "_chunks", "_closed", "_complete", "_deadline", "_drain_waiter",
-        "_error", "_forgotten", "_got_data", "_head_done", "_head_request", "_headers",
-        "_idle_since", "_in_idle", "_interim", "_keep_alive", "_parser", "_paused", "_poisoned",
-        "_pool", "_reason", "_reused", "_sink", "_sink_limit", "_status", "_timer", "_transport",
-        "_waiter", "_write_paused",
+        "_active",
+        "_buffered",
+        "_chunks",
+        "_closed",
+        "_complete",
+        "_deadline",
+        "_drain_waiter",
+        "_error",
+        "_exchange",
+        "_forgotten",
+        "_got_data",
+        "_head_done",
+        "_head_request",
+        "_headers",
+        "_idle_since",
+        "_in_idle",
+        "_interim",
+        "_keep_alive",
+        "_parser",
+        "_paused",
+        "_poisoned",
+        "_pool",
+        "_reason",
+        "_reused",
+        "_status",
+        "_timer",
+        "_transport",
+        "_waiter",
+        "_write_paused",
     )  # fmt: skip
 
     def __init__(self, pool: UpstreamPool) -> None:
@@ -161,8 +185,7 @@ class _Connection(asyncio.Protocol):
         self._chunks: deque[bytes] = deque()
         self._active = False
         # Instead of a waiter: called on every event of the exchange (see UpstreamPool.start)
-        self._sink: Callable[[bool], None] | None = None
-        self._sink_limit = 0.0
+        self._exchange: UpstreamExchange | None = None
         self._begin(False)
 
     def _begin(self, head_request: bool) -> None:
@@ -211,12 +234,12 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamProtocolError("response", "upgrade responses are not supported"))
         except HttpParserError as exc:
             self._fail(UpstreamProtocolError(self._stage(), f"malformed response: {exc}"))
-        sink = self._sink
-        if sink is not None:
+        exchange = self._exchange
+        if exchange is not None:
             loop = self._pool._loop
             assert loop is not None
-            self._deadline = loop.time() + self._sink_limit  # the silence starts again
-            sink(False)
+            self._deadline = loop.time() + exchange._timeout  # the silence starts again
+            exchange.on_event(False)
 
     def eof_received(self) -> bool | None:
         self._on_closed()
@@ -298,8 +321,8 @@ class _Connection(asyncio.Protocol):
                 self._error = UpstreamClosed(stage, f"upstream closed the connection ({stage})")
         _wake(self._waiter)
         _wake(self._drain_waiter)
-        if self._sink is not None:
-            self._sink(False)
+        if self._exchange is not None:
+            self._exchange.on_event(False)
 
     def _is_close_delimited(self) -> bool:
         for name, _ in self._headers:
@@ -316,8 +339,13 @@ class _Connection(asyncio.Protocol):
             self._transport.close()
         _wake(self._waiter)
         _wake(self._drain_waiter)
-        if self._sink is not None:
-            self._sink(False)
+        if self._exchange is not None:
+            self._exchange.on_event(False)
+
+    def _unanswered_reuse(self) -> bool:
+        """A reused connection that had not a byte of an answer: the upstream may have
+        closed it as idle just as it was reused, so the request may be sent again."""
+        return self._reused and not self._got_data
 
     def _discard(self) -> None:
         """Close the connection and stop counting it in the pool (idempotent)."""
@@ -354,16 +382,16 @@ class _Connection(asyncio.Protocol):
     def _on_timer(self) -> None:
         self._timer = None
         fut = self._waiter
-        sink = self._sink
-        if (sink is None and (fut is None or fut.done())) or self._closed:
+        exchange = self._exchange
+        if (exchange is None and (fut is None or fut.done())) or self._closed:
             return  # nothing waits: the next wait arms it again
         loop = self._pool._loop
         assert loop is not None
         # (libuv's timers count whole milliseconds: one may fire just before its deadline)
         if loop.time() + _TIMER_SLACK < self._deadline:
             self._timer = loop.call_at(self._deadline, self._on_timer)
-        elif sink is not None:
-            sink(True)
+        elif exchange is not None:
+            exchange.on_event(True)
         elif fut is not None:
             fut.set_result(False)
 
@@ -583,9 +611,10 @@ class UpstreamExchange:
         may be sent again on a new connection (see the module doc)."""
         conn = self._conn
         return (
-            conn is not None and conn._reused and not conn._got_data
+            conn is not None
+            and conn._unanswered_reuse()
             and isinstance(conn._error, UpstreamClosed)
-        )  # fmt: skip
+        )
 
     def body(self) -> bytes:
         """The body received so far (the whole of it once :attr:`complete`)."""
@@ -596,7 +625,7 @@ class UpstreamExchange:
         conn = self._conn
         if conn is not None:
             self._conn = None
-            conn._sink = None
+            conn._exchange = None
         return conn
 
     def finish(self) -> None:
@@ -721,7 +750,7 @@ class UpstreamPool:
                 await conn._wait_head(timeout)
                 return UpstreamResponse(conn, timeout)
             except UpstreamClosed:
-                stale = conn._reused and not conn._got_data and stream is None and not retried
+                stale = conn._unanswered_reuse() and stream is None and not retried
                 conn._discard()
                 if not stale:
                     raise
@@ -763,8 +792,7 @@ class UpstreamPool:
         conn._begin(method == "HEAD")
         conn._active = True
         exchange._conn, exchange._timeout = conn, timeout
-        conn._sink = exchange.on_event
-        conn._sink_limit = timeout
+        conn._exchange = exchange
         conn._arm(loop.time() + timeout)
         conn._transport.write(head)
         return True
