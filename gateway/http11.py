@@ -339,7 +339,7 @@ class GatewayHttpProtocol(HttpToolsProtocol):
     _http_entry: Any = None
     _http_start: Any = None  # the app's http_start, False: none
 
-    _busy_poll: BusyPoll | None = None  # the server's, when CHATGW_BUSY_POLL_US is set
+    _busy_poll: BusyPoll | None = None  # the server's, when busy polling is on
     _counted = False  # this connection's request is in its BusyPoll's in_flight
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

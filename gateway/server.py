@@ -30,7 +30,7 @@ import modules
 
 from .admin import create_admin_app
 from .app import Gateway
-from .busypoll import window_from_env
+from .busypoll import setting_from_env
 from .config import load_config
 from .control.guard import Guard
 from .control.plane import ControlPlane
@@ -109,7 +109,8 @@ class DrainingServer(uvicorn.Server):
 
 
 def uvicorn_config(app: Any, *, busy_poll: float = 0.0, **kw: Any) -> uvicorn.Config:
-    """The gateway's uvicorn settings; ``busy_poll``: :mod:`gateway.busypoll`'s window (s)."""
+    """The gateway's uvicorn settings; ``busy_poll``: the most :mod:`gateway.busypoll`'s
+    adaptive window may be (s; 0: off, as here by default; ``serve_one`` reads the setting)."""
     options: dict[str, Any] = {
         "loop": "uvloop",
         # httptools, with each response's head and first body chunk in one write (http11.py)
@@ -196,7 +197,7 @@ def serve_one(
     try:
         drain = drain_seconds()
         threshold = gc_threshold()
-        busy_poll = window_from_env()
+        busy_poll = setting_from_env()
     except ValueError as exc:
         sys.exit(f"chatgw: {exc}")
     apply_gc_threshold(threshold)
@@ -212,9 +213,10 @@ def serve_one(
         file=sys.stderr,
         flush=True,
     )
+    print(f"chatgw: {busy_poll.describe()}", file=sys.stderr, flush=True)
     cfg = uvicorn_config(
         gateway,
-        busy_poll=busy_poll,
+        busy_poll=busy_poll.most,
         host=host,
         port=port,
         log_level=log_level,

@@ -74,11 +74,14 @@ def dead_port() -> int:
 
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
-    """Factory: ``start_gateway(config, **env)``; every gateway started is stopped after."""
+    """Factory: ``start_gateway(config, launcher=..., **env)`` (``spawn_gateway``'s); every
+    gateway started is stopped after."""
     made: list[GatewayProc] = []
 
-    def start(config: dict[str, Any] | str, **env: str) -> GatewayProc:
-        gw = spawn_gateway(config, tmp_path / f"gw{len(made)}", **env)
+    def start(
+        config: dict[str, Any] | str, *, launcher: str = "gateway.cli", **env: str
+    ) -> GatewayProc:
+        gw = spawn_gateway(config, tmp_path / f"gw{len(made)}", launcher=launcher, **env)
         made.append(gw)
         return gw
 

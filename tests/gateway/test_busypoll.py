@@ -1,45 +1,212 @@
 """gateway.busypoll: the loop polls instead of sleeping while requests come one at a time.
 
-On both loops, a poke keeps the loop busy (CPU is spent while the coroutine sleeps) for
-the window and no longer. Under the gateway's server protocol, in front of the real Node
-upstream: client traffic at an idle gateway starts a poll, traffic while a request is in
-flight does not, and the in-flight count comes back to 0 however a request ends. A
-``chatgw serve`` process takes ``CHATGW_BUSY_POLL_US``, reports the time it polled on
-``/metrics``, and refuses a malformed value before it serves.
-"""
+The setting: 300 µs at most when unset, off under a CPU quota (read from cgroup files, and
+from a real cgroup a gateway is started in), a number overrides. The adaptive window: it
+grows when requests come just after the loop fell asleep, halves to off when they come
+sparsely. On both loops, a poke keeps the loop busy (CPU is spent while the coroutine
+sleeps) for the window and no longer. Under the gateway's server protocol, in front of the
+real Node upstream: client traffic at an idle gateway starts a poll, traffic while a
+request is in flight does not, the in-flight count comes back to 0 however a request ends,
+and sparse requests turn polling off. A ``chatgw serve`` process logs its setting, reports
+the time it polled and its window on ``/metrics``, and refuses a malformed value before it
+serves."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gw_helpers import Run, ThreadServer, Upstreams, metric, read_responses
+from gw_helpers import (
+    GatewayProc,
+    Run,
+    StartGateway,
+    ThreadServer,
+    Upstreams,
+    metric,
+    read_responses,
+)
 
 from gateway.app import Gateway
-from gateway.busypoll import BUSY_POLL_ENV, BusyPoll, window_from_env
+from gateway.busypoll import (
+    BUSY_POLL_ENV,
+    DEFAULT_WINDOW_US,
+    BusyPoll,
+    cpu_quota,
+    setting_from_env,
+)
 from gateway.config import load_config
 from gateway.server import uvicorn_config
 
 # -- the setting ----------------------------------------------------------------------------
 
 
+def _no_quota() -> None:
+    return None
+
+
+def _quota() -> tuple[float, str]:
+    return 0.5, "/sys/fs/cgroup/kubepods/pod1/c1"
+
+
 @pytest.mark.parametrize(
-    ("raw", "window"), [("", 0.0), ("0", 0.0), (" 300 ", 0.0003), ("10000", 0.01)]
+    ("raw", "most"), [("", 0.0003), ("0", 0.0), (" 300 ", 0.0003), ("10000", 0.01)]
 )
-def test_the_window_is_read_in_microseconds(raw: str, window: float) -> None:
-    assert window_from_env({BUSY_POLL_ENV: raw}) == pytest.approx(window)
-    assert window_from_env({}) == 0.0
+def test_the_most_is_read_in_microseconds_and_300_when_unset(raw: str, most: float) -> None:
+    assert setting_from_env({BUSY_POLL_ENV: raw}, _no_quota).most == pytest.approx(most)
+    assert setting_from_env({}, _no_quota).most == pytest.approx(DEFAULT_WINDOW_US / 1e6)
+
+
+def test_unset_under_a_cpu_quota_it_is_off_and_says_why() -> None:
+    setting = setting_from_env({}, _quota)
+    assert setting.most == 0.0
+    assert setting.describe() == (
+        "busy polling off (a CPU quota of 0.50 cores in /sys/fs/cgroup/kubepods/pod1/c1; "
+        "CHATGW_BUSY_POLL_US overrides)"
+    )
+
+
+def test_a_number_is_the_operators_choice_quota_or_not() -> None:
+    setting = setting_from_env({BUSY_POLL_ENV: "120"}, _quota)
+    assert setting.most == pytest.approx(120e-6)
+    assert setting.describe() == "busy polling adaptive, up to 120 µs (CHATGW_BUSY_POLL_US=120)"
+    assert setting_from_env({BUSY_POLL_ENV: "0"}, _no_quota).describe() == (
+        "busy polling off (CHATGW_BUSY_POLL_US=0)"
+    )
 
 
 @pytest.mark.parametrize("raw", ["abc", "-5", "1.5", "3e2", "10001"])
 def test_a_malformed_window_is_refused_with_the_variable_and_the_reason(raw: str) -> None:
     with pytest.raises(ValueError, match=rf"CHATGW_BUSY_POLL_US='{raw}': expected a whole"):
-        window_from_env({BUSY_POLL_ENV: raw})
+        setting_from_env({BUSY_POLL_ENV: raw}, _no_quota)
+
+
+# -- the CPU quota, read from cgroup files (a real cgroup further down) ----------------------
+
+
+def _tree(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> tuple[Path, Path]:
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(proc_cgroup)
+    root = tmp_path / "sys-fs-cgroup"
+    root.mkdir()
+    for rel, text in files.items():
+        f = root / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_text(text)
+    return proc, root
+
+
+def test_cgroup_v2_quota_of_the_own_group(tmp_path: Path) -> None:
+    proc, root = _tree(tmp_path, "0::/kubepods/pod1/c1\n", {
+        "cpu.max": "max 100000\n",
+        "kubepods/pod1/c1/cpu.max": "50000 100000\n",
+    })  # fmt: skip
+    assert cpu_quota(proc, root) == (0.5, str(root / "kubepods/pod1/c1"))
+
+
+def test_cgroup_v2_quota_of_a_parent(tmp_path: Path) -> None:
+    proc, root = _tree(tmp_path, "0::/kubepods/pod1/c1\n", {
+        "kubepods/pod1/cpu.max": "150000 100000\n",
+        "kubepods/pod1/c1/cpu.max": "max 100000\n",
+    })  # fmt: skip
+    assert cpu_quota(proc, root) == (1.5, str(root / "kubepods/pod1"))
+
+
+def test_cgroup_v2_without_a_quota(tmp_path: Path) -> None:
+    proc, root = _tree(tmp_path, "0::/user.slice\n", {
+        "cpu.max": "max 100000\n", "user.slice/cpu.max": "max 100000\n",
+    })  # fmt: skip
+    assert cpu_quota(proc, root) is None
+
+
+def test_cgroup_v1_in_a_container_that_sees_its_group_as_the_root(tmp_path: Path) -> None:
+    # no cgroup namespace: /proc says /docker/<id>, the mount shows the container's group
+    proc, root = _tree(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n", {
+        "cpu,cpuacct/cpu.cfs_quota_us": "25000\n",
+        "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+    })  # fmt: skip
+    assert cpu_quota(proc, root) == (0.25, str(root / "cpu,cpuacct"))
+
+
+def test_cgroup_v1_without_a_quota(tmp_path: Path) -> None:
+    proc, root = _tree(tmp_path, "2:cpuacct:/\n1:cpu:/\n", {
+        "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
+    })  # fmt: skip
+    assert cpu_quota(proc, root) is None
+
+
+def test_no_cgroups_no_quota(tmp_path: Path) -> None:
+    assert cpu_quota(tmp_path / "absent", tmp_path) is None
+
+
+# -- the adaptive window (a clock of the test's own, the loop not run) -----------------------
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clocked() -> Iterator[tuple[BusyPoll, _Clock]]:
+    loop = asyncio.new_event_loop()
+    clock = _Clock()
+    yield BusyPoll(loop, 300e-6, clock), clock
+    loop.close()
+
+
+def test_the_window_starts_at_the_most_and_polls_at_once(clocked: Any) -> None:
+    poll, _ = clocked
+    assert poll.window == pytest.approx(300e-6)
+    poll.poke()
+    assert poll.running
+
+
+def test_sparse_requests_halve_the_window_until_polling_stops(clocked: Any) -> None:
+    poll, clock = clocked
+    windows = []
+    for _ in range(5):
+        clock.now += 0.01  # 10 ms apart: longer than the most, polling could not catch them
+        if poll.running:
+            poll._spin()  # its spell is over
+        poll.poke()
+        windows.append(round(poll.window * 1e6))
+    assert windows == [150, 75, 0, 0, 0]
+    assert not poll.running  # off: the loop sleeps
+
+
+def test_requests_just_past_the_window_grow_it_back_to_the_most(clocked: Any) -> None:
+    poll, clock = clocked
+    poll.window = 0.0
+    windows = []
+    for _ in range(5):
+        clock.now += 0.00025  # 250 µs apart, the window shorter than that
+        if poll.running and clock.now >= poll._until:
+            poll._spin()
+        poll.poke()
+        windows.append(round(poll.window * 1e6))
+    assert windows == [50, 100, 200, 300, 300]
+    assert poll.running
+
+
+def test_a_request_caught_while_polling_keeps_the_window(clocked: Any) -> None:
+    poll, clock = clocked
+    poll.poke()
+    clock.now += 0.0001
+    poll._spin()
+    assert poll.running
+    poll.poke()  # caught
+    assert poll.window == pytest.approx(300e-6)
+    assert poll._until == pytest.approx(clock.now + 300e-6)
 
 
 # -- the poll on a loop ---------------------------------------------------------------------
@@ -201,8 +368,31 @@ def test_pipelined_requests_are_counted_one_at_a_time(polling: _Server) -> None:
     polling.wait(lambda: poll.in_flight == 0, "both pipelined requests done")
 
 
-def test_off_by_default(upstreams: Upstreams, tmp_path: Path) -> None:
-    server = _Server(upstreams, tmp_path, busy_poll=0.0)
+def test_sparse_requests_stop_the_polling_and_quick_ones_bring_it_back(
+    upstreams: Upstreams, tmp_path: Path
+) -> None:
+    server = _Server(upstreams, tmp_path, busy_poll=0.005)
+    try:
+        with server.connect() as c:
+            for i in range(10):  # 60 ms apart, the most is 5 ms: 5 → 2.5 → … → off
+                assert _get(c, f"/echo/sparse{i}").startswith(b"HTTP/1.1 200 ")
+                time.sleep(0.06)
+            poll = server.poll
+            assert poll is not None
+            assert poll.window == 0.0 and not poll.running
+            polled = poll.polled
+            assert _get(c, "/echo/sparse-more").startswith(b"HTTP/1.1 200 ")
+            assert poll.polled == polled and not poll.running  # asleep between them
+            for i in range(30):  # one after the other: well within 5 ms of each other
+                assert _get(c, f"/echo/quick{i}").startswith(b"HTTP/1.1 200 ")
+            assert poll.window >= 0.0008  # grown past the gaps between them
+        server.wait(lambda: poll.polled > polled, "the quick requests were polled for")
+    finally:
+        server.stop()
+
+
+def test_off_with_no_window(upstreams: Upstreams, tmp_path: Path) -> None:
+    server = _Server(upstreams, tmp_path, busy_poll=0.0)  # uvicorn_config's default
     try:
         with server.connect() as c:
             assert _get(c, "/echo/1").startswith(b"HTTP/1.1 200 ")
@@ -214,22 +404,107 @@ def test_off_by_default(upstreams: Upstreams, tmp_path: Path) -> None:
 # -- a serving gateway ----------------------------------------------------------------------
 
 
-def test_a_serving_gateway_polls_and_reports_the_time(
-    start_gateway: Any, upstreams: Upstreams
-) -> None:
-    config = {
+def _echo(upstreams: Upstreams) -> dict[str, Any]:
+    return {
         "upstreams": {"a": {"url": upstreams.url("a")}},
         "routes": [{"name": "echo", "match": {"prefix": "/echo"}, "legacy": "a"}],
     }
-    on = start_gateway(config, **{BUSY_POLL_ENV: "10000"})
-    off = start_gateway(config)
-    for g in (on, off):
-        with g.client() as http:
-            for i in range(5):
-                assert http.get(f"/echo/{i}").status_code == 200
+
+
+def _traffic(g: GatewayProc) -> str:
+    """Five requests one after the other, then the gateway's /metrics once its poll ended."""
+    with g.client() as http:
+        for i in range(5):
+            assert http.get(f"/echo/{i}").status_code == 200
     time.sleep(0.05)  # the last poll ends
-    assert 0.01 <= metric(on.metrics(), "gateway_busy_poll_seconds_total") < 5
-    assert metric(off.metrics(), "gateway_busy_poll_seconds_total") == 0
+    return g.metrics()
+
+
+def test_a_serving_gateway_polls_and_reports_the_time(
+    start_gateway: StartGateway, upstreams: Upstreams
+) -> None:
+    on = start_gateway(_echo(upstreams), **{BUSY_POLL_ENV: "10000"})
+    off = start_gateway(_echo(upstreams), **{BUSY_POLL_ENV: "0"})
+    assert "chatgw: busy polling adaptive, up to 10000 µs (CHATGW_BUSY_POLL_US=10000)" in (
+        on.stderr()
+    )
+    assert "chatgw: busy polling off (CHATGW_BUSY_POLL_US=0)" in off.stderr()
+    on_metrics, off_metrics = _traffic(on), _traffic(off)
+    assert 0.01 <= metric(on_metrics, "gateway_busy_poll_seconds_total") < 5
+    assert metric(on_metrics, "gateway_busy_poll_window_seconds") == pytest.approx(0.01)
+    assert metric(off_metrics, "gateway_busy_poll_seconds_total") == 0
+    assert metric(off_metrics, "gateway_busy_poll_window_seconds") == 0
+
+
+def test_by_default_it_polls_up_to_300_us_unless_under_a_cpu_quota(
+    start_gateway: StartGateway, upstreams: Upstreams
+) -> None:
+    g = start_gateway(_echo(upstreams))  # CHATGW_BUSY_POLL_US unset
+    polled = metric(_traffic(g), "gateway_busy_poll_seconds_total")
+    quota = cpu_quota()  # this process's cgroup is the gateway's
+    if quota is None:
+        assert "chatgw: busy polling adaptive, up to 300 µs (CHATGW_BUSY_POLL_US unset" in (
+            g.stderr()
+        )
+        assert polled > 0
+    else:
+        assert f"busy polling off (a CPU quota of {quota[0]:.2f} cores in {quota[1]}" in (
+            g.stderr()
+        )
+        assert polled == 0
+
+
+@pytest.fixture
+def quota_cgroup() -> Iterator[Path]:
+    """A real cgroup with a CFS quota of half a core (v1 ``cpu`` or v2), removed after."""
+    v1 = Path("/sys/fs/cgroup/cpu")
+    v2 = Path("/sys/fs/cgroup")
+    if (v1 / "cpu.cfs_quota_us").exists():
+        base = v1
+    elif "cpu" in (v2 / "cgroup.subtree_control").read_text(errors="replace").split():
+        base = v2
+    else:
+        pytest.skip("no cgroup cpu controller here (v1 cpu, or v2 with cpu enabled)")
+    if os.geteuid() != 0 or not os.access(base, os.W_OK):
+        pytest.skip(f"{base} is not writable: a cgroup with a CPU quota needs root")
+    group = base / f"chatgw-test-quota-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    group.mkdir()
+    try:
+        if base is v1:
+            (group / "cpu.cfs_period_us").write_text("100000")
+            (group / "cpu.cfs_quota_us").write_text("50000")
+        else:
+            (group / "cpu.max").write_text("50000 100000")
+        yield group
+    finally:  # (after start_gateway's teardown stopped the gateways: see the test)
+        for _ in range(100):
+            try:
+                for pid in (group / "cgroup.procs").read_text().split():
+                    (group.parent / "cgroup.procs").write_text(pid)
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.05)
+
+
+def test_a_gateway_started_under_a_cpu_quota_does_not_poll_unless_told_to(
+    quota_cgroup: Path, start_gateway: StartGateway, upstreams: Upstreams
+) -> None:
+    # quota_cgroup first: set up before start_gateway, so torn down after the gateways stop
+    env = {"CHATGW_TEST_CGROUP": str(quota_cgroup)}
+    default = start_gateway(_echo(upstreams), launcher="in_cgroup", **env)
+    told = start_gateway(_echo(upstreams), launcher="in_cgroup", **env, **{BUSY_POLL_ENV: "300"})
+    for g in (default, told):  # both really run in the cgroup
+        assert str(g.pid) in (quota_cgroup / "cgroup.procs").read_text().split()
+    assert (
+        f"chatgw: busy polling off (a CPU quota of 0.50 cores in {quota_cgroup}; "
+        "CHATGW_BUSY_POLL_US overrides)"
+    ) in default.stderr()
+    assert metric(_traffic(default), "gateway_busy_poll_seconds_total") == 0
+    assert "chatgw: busy polling adaptive, up to 300 µs (CHATGW_BUSY_POLL_US=300)" in (
+        told.stderr()
+    )
+    assert metric(_traffic(told), "gateway_busy_poll_seconds_total") > 0
 
 
 def test_a_malformed_window_stops_the_gateway_before_it_serves(start_gateway: Any) -> None:
