@@ -7,9 +7,10 @@ Targets, all answering the same 409 bytes of JSON (:mod:`bench.bench_module`) on
 ``bare``      the bench Starlette app on uvicorn (1 worker, uvloop, httptools, no access log)
 ``proxied``   ``chatgw serve`` (1 worker) routing ``/api/proxied`` to the Node, as shipped:
               metrics on, access log on (to a file in the temp dir, or $BENCH_ACCESS_LOG)
-``proxied-poll`` a second ``chatgw serve`` as ``proxied`` with ``CHATGW_BUSY_POLL_US=300``
-              (gateway/busypoll.py: the loop polls instead of sleeping while requests come
-              one at a time; off as shipped)
+``proxied-nopoll`` a second ``chatgw serve`` as ``proxied`` with busy polling off
+              (``CHATGW_BUSY_POLL_US=0``; gateway/busypoll.py: as shipped, the loop polls
+              instead of sleeping while requests come one at a time): what polling buys at
+              one connection, and what it costs in CPU
 ``inproc``    the same gateway, ``/api/inproc`` at 100 % to the bench app as a module
 
 and the session GET on real Redis (issue 9's in-process target): ``bare-redis`` a bare
@@ -20,12 +21,13 @@ session module alone under uvicorn, and ``session`` the module behind the gatewa
 
 For each: ``wrk -t2 -c50 --latency`` → req/s, p50, p99; the server's CPU (psutil user+system
 delta over the run) / requests, for proxies the proxy alone and Node separately; and p50 at
-one connection (``wrk -t1 -c1``), minus Node's. Ratios against nginx and bare Starlette from
+one connection (``wrk -t1 -c1``), minus Node's, with the server's CPU per request there
+(the median of the rounds for both). Ratios against nginx and bare Starlette from
 the same run, PASS/MISS against issues 2 and 9's targets, JSON to ``bench/results/http.json``
 (``rows``: the shape every suite of ``bench/run`` writes, merged by ``bench/summary.py``).
 
 Environment: ``BENCH_DURATION`` (10s), ``BENCH_C1_DURATION`` (3s), ``BENCH_ROUNDS`` (1; each
-target keeps its best round), ``BENCH_QUICK=1`` (2 s runs, smoke test), ``BENCH_ONLY``
+target keeps its best round at c=50, the median round at c=1), ``BENCH_QUICK=1`` (2 s runs, smoke test), ``BENCH_ONLY``
 (comma list of targets), ``BENCH_PROFILE=1`` or ``--profile`` (afterwards py-spy the proxied
 path under load and print its top frames; ``BENCH_PROFILE=proxied,inproc`` names targets;
 ``BENCH_PROFILE_S`` seconds, 10, and ``BENCH_PROFILE_RATE`` samples per second, 250),
@@ -42,6 +44,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,7 +69,6 @@ TARGET_PROXIED_RPS = 5000
 TARGET_INPROC_SHARE = 0.80
 TARGET_PROXIED_CPU_US = 100  # issue 9, on the machine of design/PERFORMANCE.md
 TARGET_SESSION_SHARE = 0.90
-BUSY_POLL_US = 300  # the proxied-poll target's CHATGW_BUSY_POLL_US (gateway/busypoll.py)
 # The session path (issue 4): GET /api/sessions/{id} on real Redis, the module standalone
 # under uvicorn (the bare reference) vs the same module behind the gateway.
 BENCH_REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/4")
@@ -296,11 +298,13 @@ class Result:
     p99_ms: float
     cpu_us: float  # server (proxy alone for proxies) per request
     upstream_cpu_us: float | None  # Node's, for proxies
-    c1_p50_ms: float
+    c1_p50_ms: float  # at one connection: the median of the rounds (main)
+    c1_cpu_us: float  # the server's CPU per request at one connection (same)
     added_c1_p50_us: float | None = None  # vs Node direct
     requests: int = 0
     errors: int = 0
     rounds: list[float] = field(default_factory=list)  # req/s of every round
+    c1_rounds: list[tuple[float, float]] = field(default_factory=list)  # (p50 ms, CPU µs)
 
 
 def measure(t: Target, duration: str, c1_duration: str, warmup: str) -> Result:
@@ -310,12 +314,14 @@ def measure(t: Target, duration: str, c1_duration: str, warmup: str) -> Result:
     w = wrk(t.url, threads=2, conns=CONNECTIONS, duration=duration, headers=h)
     s1, u1 = cpu_seconds(t.server), cpu_seconds(t.upstream)
     c1 = wrk(t.url, threads=1, conns=1, duration=c1_duration, headers=h)
+    s2 = cpu_seconds(t.server)
     n = max(w.requests, 1)
     return Result(
         t.name, t.label, w.rps, w.p50_ms, w.p99_ms,
         cpu_us=(s1 - s0) / n * 1e6,
         upstream_cpu_us=(u1 - u0) / n * 1e6 if t.upstream else None,
-        c1_p50_ms=c1.p50_ms, requests=w.requests, errors=w.errors + c1.errors,
+        c1_p50_ms=c1.p50_ms, c1_cpu_us=(s2 - s1) / max(c1.requests, 1) * 1e6,
+        requests=w.requests, errors=w.errors + c1.errors,
     )  # fmt: skip
 
 
@@ -416,13 +422,13 @@ def start_targets(tmp: Path, only: set[str]) -> dict[str, Target]:
         wait_ready(f"http://127.0.0.1:{port}/health", proc, tmp / f"{name}.log")
         return f"http://127.0.0.1:{port}", proc, access_log
 
-    if "proxied-poll" in only:
-        base, proc, _ = gateway("gateway-poll", {"CHATGW_BUSY_POLL_US": str(BUSY_POLL_US)})
-        targets["proxied-poll"] = Target(
-            "proxied-poll", f"the same, CHATGW_BUSY_POLL_US={BUSY_POLL_US}",
+    if "proxied-nopoll" in only:
+        base, proc, _ = gateway("gateway-nopoll", {"CHATGW_BUSY_POLL_US": "0"})
+        targets["proxied-nopoll"] = Target(
+            "proxied-nopoll", "the same, busy polling off (CHATGW_BUSY_POLL_US=0)",
             base + "/api/proxied", [proc], [node],
         )  # fmt: skip
-        check_side(targets["proxied-poll"], "legacy")
+        check_side(targets["proxied-nopoll"], "legacy")
 
     if only & {"proxied", "inproc", "session"}:
         base, proc, access_log = gateway("gateway", {})
@@ -521,12 +527,12 @@ def _f(v: float | None, fmt: str) -> str:
 def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     node_cpu = results["node"].cpu_us if "node" in results else None
     table = [("target", "req/s", "p50 ms", "p99 ms", "CPU µs/req", "× Node CPU", "Node µs/req",
-              "c=1 +p50 µs")]  # fmt: skip
+              "c=1 +p50 µs", "c=1 CPU µs/req")]  # fmt: skip
     for r in results.values():
         rel = r.cpu_us / node_cpu if node_cpu else None
         table.append((r.label, f"{r.rps:,.0f}", f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}",
                       f"{r.cpu_us:.0f}", _f(rel, ".1f"), _f(r.upstream_cpu_us, ".0f"),
-                      _f(r.added_c1_p50_us, "+.0f")))  # fmt: skip
+                      _f(r.added_c1_p50_us, "+.0f"), f"{r.c1_cpu_us:.0f}"))  # fmt: skip
     widths = [max(len(line[col]) for line in table) for col in range(len(table[0]))]
     for n_line, line in enumerate(table):
         cells = [line[0].ljust(widths[0])] + [
@@ -586,14 +592,16 @@ def report(results: dict[str, Result], meta: dict[str, Any]) -> dict[str, Any]:
     if g and g.added_c1_p50_us is not None:
         add("proxied: added p50 at c=1 over direct", g.added_c1_p50_us, "µs", "≤ 100 µs",
             g.added_c1_p50_us <= 100, "nginx", n.added_c1_p50_us if n else None)  # fmt: skip
-    gp = results.get("proxied-poll")
-    if gp and gp.added_c1_p50_us is not None:
-        add(f"proxied, CHATGW_BUSY_POLL_US={BUSY_POLL_US}: added p50 at c=1 over direct",
-            gp.added_c1_p50_us, "µs", "≤ 100 µs", gp.added_c1_p50_us <= 100, "as shipped",
-            g.added_c1_p50_us if g else None)  # fmt: skip
-    if gp and g:
-        add(f"proxied, CHATGW_BUSY_POLL_US={BUSY_POLL_US}: req/s at c=50 vs as shipped",
-            gp.rps / g.rps, "×", "info", None, "as shipped req/s", g.rps)  # fmt: skip
+    gn = results.get("proxied-nopoll")
+    if g and gn:
+        add("proxied: gateway CPU per request at c=1 (busy polling's price)", g.c1_cpu_us,
+            "µs", "info", None, "polling off", gn.c1_cpu_us)  # fmt: skip
+    if gn and gn.added_c1_p50_us is not None:
+        add("proxied, busy polling off: added p50 at c=1 over direct", gn.added_c1_p50_us,
+            "µs", "info", None, "as shipped", g.added_c1_p50_us if g else None)  # fmt: skip
+    if gn and g:
+        add("proxied, busy polling off: req/s at c=50 vs as shipped", gn.rps / g.rps, "×",
+            "info", None, "as shipped req/s", g.rps)  # fmt: skip
     if i and b:
         add("in-process: req/s vs bare Starlette (issue 2)", i.rps / b.rps, "×", "≥ 0.80",
             i.rps / b.rps >= TARGET_INPROC_SHARE, "bare Starlette", b.rps)  # fmt: skip
@@ -641,7 +649,7 @@ def main() -> int:
     c1_duration = os.environ.get("BENCH_C1_DURATION", "1s" if quick else "3s")
     warmup = "1s" if quick else "2s"
     rounds = int(os.environ.get("BENCH_ROUNDS", "1"))
-    names = ["node", "nginx", "bare", "proxied", "proxied-poll", "inproc", "bare-redis",
+    names = ["node", "nginx", "bare", "proxied", "proxied-nopoll", "inproc", "bare-redis",
              "bare-redis-gc", "bare-session", "session"]  # fmt: skip
     only = set(os.environ.get("BENCH_ONLY", ",".join(names)).split(",")) | {"node"}
     profile_targets = os.environ.get("BENCH_PROFILE", "").split(",")
@@ -661,10 +669,14 @@ def main() -> int:
                     r = measure(targets[name], duration, c1_duration, warmup)
                     best = results.get(name)
                     r.rounds = [*(best.rounds if best else []), round(r.rps)]
+                    r.c1_rounds = [*(best.c1_rounds if best else []), (r.c1_p50_ms, r.c1_cpu_us)]
                     if best is None or r.rps > best.rps:
                         results[name] = r
                     else:
-                        best.rounds = r.rounds
+                        best.rounds, best.c1_rounds = r.rounds, r.c1_rounds
+            for r in results.values():  # one connection: the median round (VM wake-ups vary)
+                r.c1_p50_ms = statistics.median(p for p, _ in r.c1_rounds)
+                r.c1_cpu_us = statistics.median(c for _, c in r.c1_rounds)
             node = results["node"]
             for r in results.values():
                 if r.name != "node":
@@ -677,7 +689,7 @@ def main() -> int:
                 "body_bytes": len(BODY),
             }  # fmt: skip
             print(f"\n{meta['date']}  {meta['cpus']} CPUs {meta['cpu_model']}  load {os.getloadavg()[0]:.2f}"
-                  f"  wrk {meta['wrk']}  rounds {rounds} (best kept)\n")  # fmt: skip
+                  f"  wrk {meta['wrk']}  rounds {rounds} (c=50: best kept; c=1: median)\n")  # fmt: skip
             data = report(results, meta)
             for name in profile_targets:
                 if name not in targets:

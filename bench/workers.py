@@ -164,9 +164,13 @@ def _admin_ports(n: int) -> int:
     raise RuntimeError("no run of free admin ports")
 
 
-def start_fleet(tmp: Path, node_port: int, n: int, tag: str, cpus: str | None = None) -> Fleet:
+def start_fleet(
+    tmp: Path, node_port: int, n: int, tag: str, cpus: str | None = None, quota: bool = False
+) -> Fleet:
     """``chatgw serve --workers n`` as ``bench/run`` starts it (env, access log to a file);
-    with ``cpus``, under ``taskset -c cpus`` (the workers inherit the affinity)."""
+    with ``cpus``, under ``taskset -c cpus`` (the workers inherit the affinity). With
+    ``quota`` (the workers are moved into cgroups with a CPU quota once up) busy polling is
+    off, as a gateway started inside such a cgroup decides by itself (gateway/busypoll.py)."""
     port, admin = free_port(), _admin_ports(n)
     routes = tmp / "routes.yaml"
     if not routes.exists():
@@ -186,6 +190,7 @@ def start_fleet(tmp: Path, node_port: int, n: int, tag: str, cpus: str | None = 
         "PYTHONPATH": str(ROOT),
         "BENCH_ACCESS_LOG_FILE": str(tmp / f"gateway-{tag}-access.log"),
         "BENCH_GW_ERR": str(err),
+        **({"CHATGW_BUSY_POLL_US": "0"} if quota else {}),
     }
     # The access log goes to the gateway's stdout (a file); stderr to its own file.
     top = spawn(
@@ -550,7 +555,8 @@ def main() -> int:
                 probe: bool = False,
             ) -> None:
                 """Both fleets up at once; rounds alternate 1 worker, 2 workers."""
-                fleets = {n: start_fleet(tmp, node_port, n, f"{tag}{n}", cpus) for n in (1, 2)}
+                fleets = {n: start_fleet(tmp, node_port, n, f"{tag}{n}", cpus, tag == "quota")
+                          for n in (1, 2)}  # fmt: skip
                 groups = {n: quota.put(f.workers, f"{tag}{n}") if tag == "quota" and quota
                           else None for n, f in fleets.items()}  # fmt: skip
                 done: dict[int, list[Run]] = {1: [], 2: []}
