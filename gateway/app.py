@@ -427,6 +427,8 @@ class Gateway:
             # (outside a task nothing would answer the client) the whole way in a task: the
             # same failure there is uvicorn's 500
             return self._http
+        if req.side == "new" and req.route is not None:
+            return functools.partial(self._serve_module, req)
         return functools.partial(self._serve, req)
 
     def _prepare(self, scope: Scope) -> _Request:
@@ -486,22 +488,17 @@ class Gateway:
             n = await proxy_http.send_error(send, status, message, req.extra)
             self._done(req.rid, "-", "gateway", req.method, scope, status, req.t0, n)
             return
-        side = req.side
-        headers, extra = req.headers, req.extra
+        if req.side == "new":
+            await self._serve_module(req, scope, receive, send)
+            return
         tap = req.tap
         if tap is not None:
             receive, send = tap.receive(receive), tap.send(send)
-        if side == "new":
-            assert route.module is not None
-            status, n = await self._call_module(
-                route, scope, receive, send, headers, extra, tapped=tap is not None
-            )
-        else:
-            status, n = await proxy_http.forward(
-                scope, receive, send, self.pools[route.legacy], headers, extra,
-                limit=route.body_limit, timeout=route.timeout, on_error=req.upstream_error,
-                begun=begun,
-            )  # fmt: skip
+        status, n = await proxy_http.forward(
+            scope, receive, send, self.pools[route.legacy], req.headers, req.extra,
+            limit=route.body_limit, timeout=route.timeout, on_error=req.upstream_error,
+            begun=begun,
+        )  # fmt: skip
         req.done(status, n)  # (the copy submitted after the last body message went out)
 
     def _done(
@@ -551,27 +548,27 @@ class Gateway:
             record(route, backend, 500 if failed else status, seconds, at=window_now - age)
             write(rid, route, backend, method, path, status, seconds, n, ts=wall_now - age)
 
-    async def _call_module(
-        self,
-        route: Route,
-        scope: Scope,
-        receive: Receive,
-        send: Send,
-        headers: list[tuple[bytes, bytes]],
-        extra: list[tuple[bytes, bytes]],
-        *,
-        tapped: bool = False,
-    ) -> tuple[int, int]:
-        assert route.module is not None
+    async def _serve_module(
+        self, req: _Request, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Serve a prepared request on the new side: the module's app called in this task.
+        :meth:`http_start` hands this coroutine to the server itself, so each resume of a
+        module (a session GET's Redis read, say) passes through one gateway frame."""
+        route = req.route
+        assert route is not None and route.module is not None
+        tap = req.tap
+        if tap is not None:
+            receive, send = tap.receive(receive), tap.send(send)
+        extra = req.extra
         app, state = self.modules.get(route.module)
         limit = route.body_limit
         may_have_body = False
         for k, v in scope["headers"]:
             if k == b"content-length":
                 if v.isdigit() and int(v) > limit:
-                    return 413, await proxy_http.send_error(
-                        send, 413, "request body too large", extra
-                    )
+                    n = await proxy_http.send_error(send, 413, "request body too large", extra)
+                    req.done(413, n)
+                    return
                 may_have_body = v != b"0"
             elif k == b"transfer-encoding":
                 may_have_body = True
@@ -594,7 +591,7 @@ class Gateway:
         # Served by gateway.http11 (and no shadow tap on send): the server adds ``extra``
         # to the response head and notes status and size, so ``send`` is not wrapped.
         notes: ResponseNotes | None = None
-        if not tapped:
+        if tap is None:
             notes = scope.get("extensions", {}).get(RESPONSE_NOTES)
         # ``own``: the extra headers a gateway answer below must carry itself
         own = extra
@@ -613,7 +610,7 @@ class Gateway:
 
             marked = send_marked  # type: ignore[assignment]
 
-        inner = {**scope, "headers": headers, "state": state.copy()}
+        inner = {**scope, "headers": req.headers, "state": state.copy()}
         try:
             await app(inner, receive, marked)
         except Exception:
@@ -621,13 +618,17 @@ class Gateway:
             if notes is not None:
                 box[0], box[1] = notes.status, notes.body_bytes
             if not box[0]:
-                return 500, await proxy_http.send_error(send, 500, "internal error", own)
-            return 500, box[1]
+                box[1] = await proxy_http.send_error(send, 500, "internal error", own)
+            req.done(500, box[1])
+            return
         if notes is not None:
             box[0], box[1] = notes.status, notes.body_bytes
         if box[2] > limit and not box[0]:
-            return 413, await proxy_http.send_error(send, 413, "request body too large", own)
-        return box[0], box[1]
+            n = await proxy_http.send_error(send, 413, "request body too large", own)
+            req.done(413, n)
+            return
+        # (the shadow copy is submitted here, after the last body message went out)
+        req.done(box[0], box[1])
 
     async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
         t0 = time.perf_counter()
