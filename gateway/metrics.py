@@ -17,6 +17,7 @@ gateway_bad_requests_total                  reason (bad_path, body_too_large, no
 gateway_gc_threshold                        gauge by generation (gateway.gc_tuning)
 gateway_gc_frozen_objects                   gauge: the start-up heap the collector skips
 gateway_busy_poll_seconds_total             time polling instead of sleeping (gateway.busypoll)
+gateway_busy_poll_window_seconds            gauge: the adaptive polling window now (0: off)
 python_gc_collections_total                 prometheus_client's, by generation (and _objects_*)
 ==========================================  =================================================
 """
