@@ -10,7 +10,7 @@ with ``guest_halt_poll_ns`` 0, as on the bench VMs) waking a sleeping process co
 to the hypervisor and back, and the Python that runs after it runs on cold caches. A
 proxied request at one connection sleeps twice in the gateway (waiting for the upstream,
 then for the client's next request). On the bench VM the gateway's added p50 at one
-connection went from +190 to +78 µs (``bench/README.md``).
+connection went from +132 to +55 µs, 50 connections unchanged (``bench/README.md``).
 
 **Adaptive**, as a guest kernel's halt-polling is (``drivers/cpuidle/governors/haltpoll.c``):
 the window grows (doubling from 50 µs, up to the most allowed) when the loop fell asleep
@@ -186,8 +186,9 @@ def setting_from_env(
 def cpu_quota(
     proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
 ) -> tuple[float, str] | None:
-    """The CFS quota this process runs under, in cores, and the file that sets it; ``None``
-    without one (or without cgroups). The process's own cgroup and its parents are read,
+    """The CFS quota this process runs under, in cores, and the cgroup directory that sets
+    it; ``None`` without one (or without cgroups). The process's own cgroup and its parents
+    are read,
     cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``); a path that is not visible from
     here (a container without a cgroup namespace sees its own group as the root) is
     read from the nearest visible parent."""
@@ -196,7 +197,10 @@ def cpu_quota(
     except OSError:
         return None
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:  # not a cgroup line: nothing to read from it
+            continue
+        _, controllers, path = fields
         if controllers == "":
             found = _walk(root, path, _v2_quota)
         elif "cpu" in controllers.split(","):

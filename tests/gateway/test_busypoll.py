@@ -102,43 +102,36 @@ def _tree(tmp_path: Path, proc_cgroup: str, files: dict[str, str]) -> tuple[Path
     return proc, root
 
 
-def test_cgroup_v2_quota_of_the_own_group(tmp_path: Path) -> None:
-    proc, root = _tree(tmp_path, "0::/kubepods/pod1/c1\n", {
+CGROUPS = {
+    "v2, the own group's quota": ("0::/kubepods/pod1/c1\n", {
         "cpu.max": "max 100000\n",
         "kubepods/pod1/c1/cpu.max": "50000 100000\n",
-    })  # fmt: skip
-    assert cpu_quota(proc, root) == (0.5, str(root / "kubepods/pod1/c1"))
-
-
-def test_cgroup_v2_quota_of_a_parent(tmp_path: Path) -> None:
-    proc, root = _tree(tmp_path, "0::/kubepods/pod1/c1\n", {
+    }, (0.5, "kubepods/pod1/c1")),
+    "v2, a parent's quota": ("0::/kubepods/pod1/c1\n", {
         "kubepods/pod1/cpu.max": "150000 100000\n",
         "kubepods/pod1/c1/cpu.max": "max 100000\n",
-    })  # fmt: skip
-    assert cpu_quota(proc, root) == (1.5, str(root / "kubepods/pod1"))
-
-
-def test_cgroup_v2_without_a_quota(tmp_path: Path) -> None:
-    proc, root = _tree(tmp_path, "0::/user.slice\n", {
+    }, (1.5, "kubepods/pod1")),
+    "v2, no quota": ("0::/user.slice\n", {
         "cpu.max": "max 100000\n", "user.slice/cpu.max": "max 100000\n",
-    })  # fmt: skip
-    assert cpu_quota(proc, root) is None
-
-
-def test_cgroup_v1_in_a_container_that_sees_its_group_as_the_root(tmp_path: Path) -> None:
+    }, None),
     # no cgroup namespace: /proc says /docker/<id>, the mount shows the container's group
-    proc, root = _tree(tmp_path, "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n", {
-        "cpu,cpuacct/cpu.cfs_quota_us": "25000\n",
-        "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
-    })  # fmt: skip
-    assert cpu_quota(proc, root) == (0.25, str(root / "cpu,cpuacct"))
-
-
-def test_cgroup_v1_without_a_quota(tmp_path: Path) -> None:
-    proc, root = _tree(tmp_path, "2:cpuacct:/\n1:cpu:/\n", {
+    "v1, a container that sees its group as the root": (
+        "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n", {
+            "cpu,cpuacct/cpu.cfs_quota_us": "25000\n",
+            "cpu,cpuacct/cpu.cfs_period_us": "100000\n",
+        }, (0.25, "cpu,cpuacct")),
+    "v1, no quota (and a line that is not a cgroup's)": ("2:cpuacct:/\n1:cpu:/\nnoise\n", {
         "cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n",
-    })  # fmt: skip
-    assert cpu_quota(proc, root) is None
+    }, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", list(CGROUPS))
+def test_the_cpu_quota_is_read_from_the_cgroup_files(tmp_path: Path, case: str) -> None:
+    proc_cgroup, files, found = CGROUPS[case]
+    proc, root = _tree(tmp_path, proc_cgroup, files)
+    expected = None if found is None else (found[0], str(root / found[1]))
+    assert cpu_quota(proc, root) == expected
 
 
 def test_no_cgroups_no_quota(tmp_path: Path) -> None:
@@ -156,22 +149,25 @@ class _Clock:
         return self.now
 
 
+Clocked = tuple[BusyPoll, _Clock]
+
+
 @pytest.fixture
-def clocked() -> Iterator[tuple[BusyPoll, _Clock]]:
+def clocked() -> Iterator[Clocked]:
     loop = asyncio.new_event_loop()
     clock = _Clock()
     yield BusyPoll(loop, 300e-6, clock), clock
     loop.close()
 
 
-def test_the_window_starts_at_the_most_and_polls_at_once(clocked: Any) -> None:
+def test_the_window_starts_at_the_most_and_polls_at_once(clocked: Clocked) -> None:
     poll, _ = clocked
     assert poll.window == pytest.approx(300e-6)
     poll.poke()
     assert poll.running
 
 
-def test_sparse_requests_halve_the_window_until_polling_stops(clocked: Any) -> None:
+def test_sparse_requests_halve_the_window_until_polling_stops(clocked: Clocked) -> None:
     poll, clock = clocked
     windows = []
     for _ in range(5):
@@ -184,7 +180,7 @@ def test_sparse_requests_halve_the_window_until_polling_stops(clocked: Any) -> N
     assert not poll.running  # off: the loop sleeps
 
 
-def test_requests_just_past_the_window_grow_it_back_to_the_most(clocked: Any) -> None:
+def test_requests_just_past_the_window_grow_it_back_to_the_most(clocked: Clocked) -> None:
     poll, clock = clocked
     poll.window = 0.0
     windows = []
@@ -198,7 +194,7 @@ def test_requests_just_past_the_window_grow_it_back_to_the_most(clocked: Any) ->
     assert poll.running
 
 
-def test_a_request_caught_while_polling_keeps_the_window(clocked: Any) -> None:
+def test_a_request_caught_while_polling_keeps_the_window(clocked: Clocked) -> None:
     poll, clock = clocked
     poll.poke()
     clock.now += 0.0001
