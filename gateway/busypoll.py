@@ -145,44 +145,6 @@ class BusyPollCollector(Collector):
         )
 
 
-@dataclass(frozen=True)
-class BusyPollSetting:
-    """The most a loop polls (s; 0: off) and why, for the start-up log."""
-
-    most: float
-    why: str
-
-    def describe(self) -> str:
-        if not self.most:
-            return f"busy polling off ({self.why})"
-        return f"busy polling adaptive, up to {self.most * 1e6:.0f} µs ({self.why})"
-
-
-def setting_from_env(
-    env: Mapping[str, str] | None = None,
-    quota: Callable[[], tuple[float, str] | None] | None = None,
-) -> BusyPollSetting:
-    """``CHATGW_BUSY_POLL_US`` resolved (the module doc); ``quota``: :func:`cpu_quota`.
-
-    Raises ValueError with the variable, its value and the reason when it is malformed.
-    """
-    raw = (os.environ if env is None else env).get(BUSY_POLL_ENV, "").strip()
-    if not raw:
-        found = (quota or cpu_quota)()
-        if found is not None:
-            cores, where = found
-            return BusyPollSetting(
-                0.0, f"a CPU quota of {cores:.2f} cores in {where}; {BUSY_POLL_ENV} overrides"
-            )
-        return BusyPollSetting(DEFAULT_WINDOW_US / 1e6, f"{BUSY_POLL_ENV} unset, no CPU quota")
-    if not raw.isdigit() or int(raw) > MAX_WINDOW_US:
-        raise ValueError(
-            f"{BUSY_POLL_ENV}={raw!r}: expected a whole number of microseconds from 0 "
-            f"(off) to {MAX_WINDOW_US}"
-        )
-    return BusyPollSetting(int(raw) / 1e6, f"{BUSY_POLL_ENV}={int(raw)}")
-
-
 def cpu_quota(
     proc_cgroup: Path = Path("/proc/self/cgroup"), root: Path = Path("/sys/fs/cgroup")
 ) -> tuple[float, str] | None:
@@ -241,3 +203,41 @@ def _v1_quota(group: Path) -> float | None:
     except (OSError, ValueError):
         return None
     return quota / period if quota > 0 else None
+
+
+@dataclass(frozen=True)
+class BusyPollSetting:
+    """The most a loop polls (s; 0: off) and why, for the start-up log."""
+
+    most: float
+    why: str
+
+    def describe(self) -> str:
+        if not self.most:
+            return f"busy polling off ({self.why})"
+        return f"busy polling adaptive, up to {self.most * 1e6:.0f} µs ({self.why})"
+
+
+def setting_from_env(
+    env: Mapping[str, str] | None = None,
+    quota: Callable[[], tuple[float, str] | None] = cpu_quota,
+) -> BusyPollSetting:
+    """``CHATGW_BUSY_POLL_US`` resolved (the module doc); ``quota``: :func:`cpu_quota`.
+
+    Raises ValueError with the variable, its value and the reason when it is malformed.
+    """
+    raw = (os.environ if env is None else env).get(BUSY_POLL_ENV, "").strip()
+    if not raw:
+        found = quota()
+        if found is not None:
+            cores, where = found
+            return BusyPollSetting(
+                0.0, f"a CPU quota of {cores:.2f} cores in {where}; {BUSY_POLL_ENV} overrides"
+            )
+        return BusyPollSetting(DEFAULT_WINDOW_US / 1e6, f"{BUSY_POLL_ENV} unset, no CPU quota")
+    if not raw.isdigit() or int(raw) > MAX_WINDOW_US:
+        raise ValueError(
+            f"{BUSY_POLL_ENV}={raw!r}: expected a whole number of microseconds from 0 "
+            f"(off) to {MAX_WINDOW_US}"
+        )
+    return BusyPollSetting(int(raw) / 1e6, f"{BUSY_POLL_ENV}={int(raw)}")
