@@ -49,7 +49,7 @@ from modules.admin.db import DEFAULT_URL, create_engine, normalise_url, prepare
 from modules.admin.routes import routes
 from modules.admin.store import Store
 from modules.common.config import Settings
-from modules.common.dryrun import honour_dry_run
+from modules.common.dryrun import flag_dry_run
 from modules.common.http import ContractApp
 
 __all__ = ["create_app"]
@@ -75,9 +75,11 @@ def create_app(ctx: ModuleContext) -> ASGIApp:
             state.pop("store", None)
             await engine.dispose()
 
-    app = ContractApp(
-        service="chat-admin", settings=settings, routes=routes(store), lifespan=lifespan
-    )
-
     # Shadow copies marked dry-run run in rolled-back transactions (Store._write).
-    return honour_dry_run(app)
+    return ContractApp(
+        service="chat-admin",
+        settings=settings,
+        routes=routes(store),
+        lifespan=lifespan,
+        dry_run=flag_dry_run,
+    )

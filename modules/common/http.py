@@ -36,6 +36,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modules.common.auth import User, authenticate
 from modules.common.config import Settings
+from modules.common.dryrun import MARKER as DRY_RUN_MARKER
 from modules.common.errors import (
     ApiError,
     bad_request,
@@ -53,10 +54,33 @@ MAX_BODY = 1_048_576
 JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
+_JSON_CONTENT_TYPE_HEADER = (b"content-type", JSON_CONTENT_TYPE.encode("latin-1"))
+
+
+class JsonResponse(Response):
+    """A JSON body with exactly the head ``Response(body, media_type=JSON_CONTENT_TYPE)``
+    gives it (``content-length``, then ``content-type``), built without Starlette's general
+    header handling, which was a third of a session GET's own work in the module
+    (bench/README.md, "Session GET")."""
+
+    media_type = JSON_CONTENT_TYPE
+
+    def __init__(self, body: bytes, status_code: int = 200) -> None:
+        self.status_code = status_code
+        self.background = None
+        self.body = body
+        if status_code < 200 or status_code in (204, 304):  # as Response: no length
+            self.raw_headers = [_JSON_CONTENT_TYPE_HEADER]
+        else:
+            self.raw_headers = [(b"content-length", b"%d" % len(body)), _JSON_CONTENT_TYPE_HEADER]
+
+
 def json_response(
     data: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
     """A JSON answer serialised as Node's ``JSON.stringify`` (see ``jsfmt.js_dumps``)."""
+    if headers is None:
+        return JsonResponse(js_dumps(data), status)
     return Response(
         js_dumps(data), status_code=status, headers=headers, media_type=JSON_CONTENT_TYPE
     )
@@ -102,7 +126,7 @@ class ApiRequest:
         """The first header ``name`` (case-insensitive), decoded as latin-1 like Node."""
         key = name.lower().encode("latin-1")
         for k, v in self.scope.get("headers", []):
-            if k.lower() == key:
+            if k == key or k.lower() == key:  # (names come lower-cased from servers)
                 return bytes(v).decode("latin-1")
         return None
 
@@ -148,6 +172,10 @@ class ApiRequest:
 
 Handler = Callable[[ApiRequest], Awaitable[ASGIApp]]
 Lifespan = Callable[[], AbstractAsyncContextManager[None]]
+#: A module's shadow dry run (modules.common.dryrun): called for a request marked
+#: ``x-gateway-shadow: dry-run`` before it is routed, it returns what undoes it once the
+#: answer is out.
+DryRun = Callable[[Scope], Awaitable[Callable[[], None]]]
 
 
 @dataclass(frozen=True)
@@ -190,7 +218,12 @@ def _without_body(send: Send) -> Send:
 
 
 class ContractApp:
-    """A module's ASGI app: contract routing and errors, and the module's lifespan."""
+    """A module's ASGI app: contract routing and errors, and the module's lifespan.
+
+    ``dry_run``: how the module honours the shadow mirror's dry-run marker (see
+    :data:`DryRun`); the app then declares that support (``shadow_dry_run``). Here rather
+    than in a wrapping app, whose frame every resume of every request would pass through.
+    """
 
     def __init__(
         self,
@@ -199,10 +232,13 @@ class ContractApp:
         settings: Settings,
         routes: list[Route],
         lifespan: Lifespan | None = None,
+        dry_run: DryRun | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
         self.lifespan = lifespan
+        self._dry_run = dry_run
+        self.shadow_dry_run = dry_run is not None
         table: dict[str, tuple[re.Pattern[str], dict[str, Handler]]] = {}
         for route in [Route("GET", "/health", self._health), *routes]:
             _pattern, methods = table.setdefault(route.path, (route.pattern(), {}))
@@ -239,20 +275,30 @@ class ContractApp:
         # Legacy matches the raw (still percent-encoded) path, then decodes each param.
         raw = scope.get("raw_path")
         path = raw.decode("latin-1").split("?", 1)[0] if raw else quote(scope["path"])
+        undo = None
+        if self._dry_run is not None:
+            for k, v in scope["headers"]:
+                if k == DRY_RUN_MARKER and v == b"dry-run":
+                    undo = await self._dry_run(scope)
+                    break
         try:
-            found = self.match(scope["method"], path)
-            if found is None:
-                raise not_found(f"no route for {scope['method']} {scope['path']}")
-            handler, params = found
-            response = await handler(ApiRequest(scope, receive, params, self.settings))
-        except ApiError as exc:
-            response = error_response(exc)
-        except Exception:
-            log.exception("unhandled error in %s %s", scope["method"], scope["path"])
-            response = error_response(internal())
-        if scope["method"] == "HEAD":
-            send = _without_body(send)
-        await response(scope, receive, send)
+            try:
+                found = self.match(scope["method"], path)
+                if found is None:
+                    raise not_found(f"no route for {scope['method']} {scope['path']}")
+                handler, params = found
+                response = await handler(ApiRequest(scope, receive, params, self.settings))
+            except ApiError as exc:
+                response = error_response(exc)
+            except Exception:
+                log.exception("unhandled error in %s %s", scope["method"], scope["path"])
+                response = error_response(internal())
+            if scope["method"] == "HEAD":
+                send = _without_body(send)
+            await response(scope, receive, send)
+        finally:
+            if undo is not None:
+                undo()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         message = await receive()

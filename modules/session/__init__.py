@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import contextvars
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from typing import Any
 
 from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from modules import ModuleContext
 from modules.common.config import Settings
@@ -35,7 +35,6 @@ from modules.common.store import MemoryStore, open_store
 __all__ = ["create_app"]
 
 AGENTS = ("ai", "human")
-DRY_RUN_MARKER = b"x-gateway-shadow"
 _dry_repo: contextvars.ContextVar[SessionRepo | None] = contextvars.ContextVar(
     "session_dry_repo", default=None
 )
@@ -155,6 +154,13 @@ class _SessionService:
         await self.repo.delete(session)
         return empty_response(204)
 
+    async def enter_dry_run(self, scope: Scope) -> Callable[[], None]:
+        """The request's repo becomes a throw-away one (``ContractApp``'s ``dry_run``)."""
+        if self._repo is None:  # not started: the request fails as any other would
+            return lambda: None
+        token = _dry_repo.set(await self.dry_run(scope))
+        return lambda: _dry_repo.reset(token)
+
     async def dry_run(self, scope: Scope) -> SessionRepo:
         """A throw-away repo for a shadow dry run, seeded with the addressed record."""
         assert self._repo is not None
@@ -172,10 +178,11 @@ def create_app(ctx: ModuleContext) -> ASGIApp:
     """The chat-session module (routes of §2 plus ``GET /health``)."""
     settings = Settings.from_env(ctx.env)
     svc = _SessionService(settings)
-    app = ContractApp(
+    return ContractApp(
         service="chat-session",
         settings=settings,
         lifespan=svc.lifespan,
+        dry_run=svc.enter_dry_run,
         routes=[
             Route("POST", "/api/sessions", svc.create),
             Route("GET", "/api/sessions", svc.list),
@@ -184,18 +191,3 @@ def create_app(ctx: ModuleContext) -> ASGIApp:
             Route("DELETE", "/api/sessions/{sessionId}", svc.delete),
         ],
     )
-
-    async def with_dry_run(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and svc._repo is not None:
-            for k, v in scope["headers"]:
-                if k == DRY_RUN_MARKER and v == b"dry-run":
-                    token = _dry_repo.set(await svc.dry_run(scope))
-                    try:
-                        await app(scope, receive, send)
-                    finally:
-                        _dry_repo.reset(token)
-                    return
-        await app(scope, receive, send)
-
-    with_dry_run.shadow_dry_run = True  # type: ignore[attr-defined]
-    return with_dry_run
