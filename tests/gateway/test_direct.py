@@ -44,6 +44,13 @@ routes:
 
 class _Counted(GatewayHttpProtocol):
     tasks_started = 0
+    send_buffer: int | None = None  # SO_SNDBUF of the connections accepted from now on
+
+    def connection_made(self, transport: Any) -> None:
+        if self.send_buffer is not None:
+            sock = transport.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.send_buffer)
+        super().connection_made(transport)
 
     def _spawn(self, cycle: Any, app: Any) -> None:
         type(self).tasks_started += 1
@@ -317,6 +324,44 @@ def test_pipelined_requests_each_get_their_answer_in_order(server):
         data = rest[n:]
     assert urls == ["/echo/p0", "/echo/p1", "/echo/p2", "/echo/p3", "/echo/last"]
     assert server.direct >= 4
+
+
+def test_an_answer_for_a_client_not_reading_is_handed_to_a_task_that_waits_for_it(server):
+    """A client that pipelines requests and reads nothing: once the gateway's write buffer
+    for it is past the high-water mark (the transport paused), the next answer the upstream
+    gives cannot be written at once, so the request goes on in a task (forward() waits for
+    the drain). When the client reads, every answer is there, whole and in order."""
+    server.exchange("/echo/warm")
+    tasks, direct = server.tasks(), server.direct
+    n = 40
+    pad = "p" * 8000  # echoed back: ~8 KiB answers, ~320 KiB in all
+    # A client on a slow link: small socket buffers at both ends (the kernel would
+    # otherwise grow the gateway's to megabytes), so the answers pile up in the gateway's
+    # transport past its high-water mark.
+    _Counted.send_buffer = 4096
+    try:
+        with socket.socket() as c:
+            c.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            c.settimeout(10)
+            c.connect(("127.0.0.1", server.port))
+            c.sendall(
+                "".join(
+                    f"GET /echo/n{i} HTTP/1.1\r\nHost: t\r\nX-Pad: {pad}\r\n\r\n" for i in range(n)
+                ).encode()
+            )
+            # reads nothing until an answer has found the gateway's buffer for it full
+            deadline = time.monotonic() + 10
+            while server.tasks() == tasks and time.monotonic() < deadline:
+                time.sleep(0.01)
+            handed = server.tasks() - tasks
+            answers = read_responses(c, n)
+    finally:
+        _Counted.send_buffer = None
+    assert handed >= 1, "no answer was handed to a task while the client was not reading"
+    assert server.direct == direct + n  # every request began without a task
+    urls = [json.loads(a.partition(b"\r\n\r\n")[2])["url"] for a in answers]
+    assert urls == [f"/echo/n{i}" for i in range(n)]
+    assert all(_status(a) == 200 for a in answers)
 
 
 def test_a_request_the_gateway_fails_to_prepare_gets_uvicorns_500(server):
