@@ -60,8 +60,8 @@ _JSON_CONTENT_TYPE_HEADER = (b"content-type", JSON_CONTENT_TYPE.encode("latin-1"
 class JsonResponse(Response):
     """A JSON body with exactly the head ``Response(body, media_type=JSON_CONTENT_TYPE)``
     gives it (``content-length``, then ``content-type``), built without Starlette's general
-    header handling, which was a third of a session GET's own work in the module
-    (bench/README.md, "Session GET")."""
+    header handling (``init_headers``: ~0.9 µs per answer under load, bench/README.md,
+    "The session GET: two coroutine layers and a header step less in the module")."""
 
     media_type = JSON_CONTENT_TYPE
 
