@@ -427,7 +427,7 @@ class Gateway:
             # (outside a task nothing would answer the client) the whole way in a task: the
             # same failure there is uvicorn's 500
             return self._http
-        if req.side == "new" and req.route is not None:
+        if req.side == "new":  # (only a matched route has a side)
             return functools.partial(self._serve_module, req)
         return functools.partial(self._serve, req)
 

@@ -150,10 +150,9 @@ def cpu_quota(
 ) -> tuple[float, str] | None:
     """The CFS quota this process runs under, in cores, and the cgroup directory that sets
     it; ``None`` without one (or without cgroups). The process's own cgroup and its parents
-    are read,
-    cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``); a path that is not visible from
-    here (a container without a cgroup namespace sees its own group as the root) is
-    read from the nearest visible parent."""
+    are read, cgroup v2 (``cpu.max``) and v1 (``cpu.cfs_quota_us``); a path that is not
+    visible from here (a container without a cgroup namespace sees its own group as the
+    root) is read from the nearest visible parent."""
     try:
         lines = proc_cgroup.read_text().splitlines()
     except OSError:

@@ -3,9 +3,8 @@
 The gateway's shadow mirror (:mod:`gateway.shadow.mirror`) marks a copy of an unsafe request
 with ``x-gateway-shadow: dry-run`` — and strips that header from every client request, so
 only its own copies carry it. A module that honours the marker passes :func:`flag_dry_run`
-as its ``ContractApp``'s ``dry_run`` (or wraps another app with :func:`honour_dry_run`);
-either declares the support the mirror checks for. It consults :data:`DRY_RUN` where it
-writes: admin rolls its transaction back, chat-core rolls back the message insert and
+as its ``ContractApp``'s ``dry_run`` (which also declares the support the mirror checks
+for) and consults :data:`DRY_RUN` where it writes: admin rolls its transaction back, chat-core rolls back the message insert and
 delivers nothing.
 """
 
@@ -14,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope
 
 MARKER = b"x-gateway-shadow"
 
@@ -26,22 +25,3 @@ async def flag_dry_run(scope: Scope) -> Callable[[], None]:
     """``ContractApp``'s ``dry_run`` that sets :data:`DRY_RUN` for the request."""
     token = DRY_RUN.set(True)
     return lambda: DRY_RUN.reset(token)
-
-
-def honour_dry_run(app: ASGIApp) -> ASGIApp:
-    """``app``, with :data:`DRY_RUN` set for HTTP requests marked as dry runs."""
-
-    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            for k, v in scope["headers"]:
-                if k == MARKER and v == b"dry-run":
-                    token = DRY_RUN.set(True)
-                    try:
-                        await app(scope, receive, send)
-                    finally:
-                        DRY_RUN.reset(token)
-                    return
-        await app(scope, receive, send)
-
-    wrapped.shadow_dry_run = True  # type: ignore[attr-defined]
-    return wrapped

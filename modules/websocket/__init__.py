@@ -36,7 +36,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from modules import ModuleContext
 from modules.common.config import Settings
-from modules.common.dryrun import honour_dry_run
+from modules.common.dryrun import flag_dry_run
 from modules.common.http import ContractApp, Route
 from modules.websocket.connection import serve_websocket
 from modules.websocket.core import ChatCore, CoreOptions
@@ -47,7 +47,7 @@ __all__ = ["create_app"]
 class _ChatCoreApp:
     """HTTP and lifespan through :class:`ContractApp`; WebSocket scopes to ``/ws``."""
 
-    shadow_dry_run = True  # its HTTP side honours x-gateway-shadow: dry-run (honour_dry_run)
+    shadow_dry_run = True  # its HTTP side honours x-gateway-shadow: dry-run (flag_dry_run)
 
     def __init__(self, core: ChatCore, http: ASGIApp) -> None:
         self.core = core
@@ -72,6 +72,7 @@ def create_app(ctx: ModuleContext) -> ASGIApp:
             Route("POST", "/api/messages", core.post_message),
             Route("GET", "/api/sessions/{sessionId}/messages", core.list_messages),
         ],
+        # Shadow copies marked dry-run: message insert rolled back, nothing delivered.
+        dry_run=flag_dry_run,
     )
-    # Shadow copies marked dry-run: message insert rolled back, nothing delivered.
-    return _ChatCoreApp(core, honour_dry_run(http))
+    return _ChatCoreApp(core, http)
