@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
-SUITES = ["http", "workers", "shadow", "shadow_pinned", "websocket", "large_body"]
+SUITES = ["http", "workers", "shadow", "shadow_pinned", "shadow_paced", "websocket", "large_body"]
 
 
 def load(names: list[str]) -> list[tuple[str, dict[str, Any] | None]]:
