@@ -372,7 +372,7 @@ def main() -> int:
                     help="gateways on CPU 1, client and upstream on CPU 0")  # fmt: skip
     ap.add_argument("--paced", type=float, metavar="FRACTION",
                     help="open loop: requests at FRACTION of the rate the closed-loop client "
-                         "reaches on the 0 %% gateway in this run (0.5)")  # fmt: skip
+                         "reaches on the 0 %% gateway in this run (bench/run: 0.25)")  # fmt: skip
     ap.add_argument("--connections", type=int, default=8,
                     help="--paced: the client's keep-alive connections at most (8)")  # fmt: skip
     ap.add_argument("--no-probe", action="store_true",
