@@ -272,6 +272,10 @@ async def raw_load(
     def done(conn: _Conn, latency: float, status: int) -> None:
         nonlocal issued
         conn.t0 = 0.0
+        if status == 0:  # (connection_lost) not to be used again: the run is void
+            if not finished.done():
+                finished.set_exception(RuntimeError("the gateway closed a connection mid-request"))
+            return
         if status != 200:
             bad.append(status)
         times.append(latency)
@@ -506,7 +510,8 @@ def main() -> int:
             pooled = (pct(times[v], q) / pct(times["off"], q) - 1) * 100
             verdict = ("PASS" if within else "MISS") if judged else "(info)"
             lines.append(f"{name}: {LABELS['off']} {off:.2f} ms, {LABELS[v]} {on:.2f} ms "
-                         f"({change:+.1f} %; all rounds pooled {pooled:+.1f} %) {verdict}")  # fmt: skip
+                         f"({change:+.1f} %; all rounds pooled {pooled:+.1f} %) "
+                         f"{verdict}")  # fmt: skip
             rows.append(row(f"{setup}{LABELS[v]}: primary {name} vs off (median of rounds)",
                             change, "%", "within 5 % (+0.1 ms floor)" if judged else "info",
                             reference=f"shadow 0 %: primary {name} ms", ref_value=off,

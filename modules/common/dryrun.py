@@ -4,8 +4,8 @@ The gateway's shadow mirror (:mod:`gateway.shadow.mirror`) marks a copy of an un
 with ``x-gateway-shadow: dry-run`` — and strips that header from every client request, so
 only its own copies carry it. A module that honours the marker passes :func:`flag_dry_run`
 as its ``ContractApp``'s ``dry_run`` (which also declares the support the mirror checks
-for) and consults :data:`DRY_RUN` where it writes: admin rolls its transaction back, chat-core rolls back the message insert and
-delivers nothing.
+for) and consults :data:`DRY_RUN` where it writes: admin rolls its transaction back,
+chat-core rolls back the message insert and delivers nothing.
 """
 
 from __future__ import annotations

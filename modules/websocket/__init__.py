@@ -47,11 +47,11 @@ __all__ = ["create_app"]
 class _ChatCoreApp:
     """HTTP and lifespan through :class:`ContractApp`; WebSocket scopes to ``/ws``."""
 
-    shadow_dry_run = True  # its HTTP side honours x-gateway-shadow: dry-run (flag_dry_run)
-
     def __init__(self, core: ChatCore, http: ASGIApp) -> None:
         self.core = core
         self.http = http
+        # the dry-run support the mirror checks for is its HTTP side's (ContractApp's dry_run)
+        self.shadow_dry_run: bool = getattr(http, "shadow_dry_run", False)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
