@@ -85,7 +85,7 @@ class Tap:
 
     __slots__ = (
         "body", "headers", "job", "limit", "mirror", "over", "primary", "record", "resp_body",
-        "resp_headers", "resp_size", "route", "scope", "size", "status",
+        "resp_raw", "resp_size", "route", "scope", "size", "status",
     )  # fmt: skip
 
     def __init__(
@@ -101,7 +101,9 @@ class Tap:
         self.size = 0
         self.over = False
         self.status = 0
-        self.resp_headers: list[tuple[str, str]] = []
+        # the primary answer's headers as they went out: decoded (resp_headers) only by
+        # the copy's worker, off the request's path
+        self.resp_raw: list[tuple[bytes, bytes]] = []
         self.resp_body: list[bytes] = []
         self.resp_size = 0
         self.headers: list[tuple[bytes, bytes]] = []
@@ -128,7 +130,7 @@ class Tap:
             kind = msg["type"]
             if kind == "http.response.start":
                 self.status = msg["status"]
-                self.resp_headers = _text_headers(msg.get("headers", ()))
+                self.resp_raw = list(msg.get("headers", ()))
             elif kind == "http.response.body" and not self.over:
                 self._keep(msg.get("body", b""))
 
@@ -138,9 +140,14 @@ class Tap:
         """The primary answer of a request served without ``send`` (``proxy_http.DirectForward``):
         what :meth:`send`'s wrapper keeps of a start and one last body message."""
         self.status = status
-        self.resp_headers = _text_headers(headers)
+        self.resp_raw = headers
         if not self.over:
             self._keep(body)
+
+    @property
+    def resp_headers(self) -> list[tuple[str, str]]:
+        """The primary answer's headers, names lower-cased, as text."""
+        return _text_headers(self.resp_raw)
 
     def _keep(self, chunk: bytes) -> None:
         self.resp_size += len(chunk)

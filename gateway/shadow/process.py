@@ -4,8 +4,9 @@ In the default ``isolation: loop`` the copies run in the gateway's own event loo
 of an in-process module call costs about half a primary request's CPU (bench/README.md),
 and every step of it that runs when a primary request becomes ready delays that request.
 With ``isolation: process`` the gateway keeps only the :class:`~.mirror.Tap` and the
-hand-off: it pickles the request and the primary answer into one frame on the child's
-stdin and reads the outcomes back from its stdout. The child
+hand-off: after the client's answer it appends the tap to a batch, and every
+:data:`HANDOFF_DELAY` the batch's requests and primary answers go pickled in one frame to
+the child's stdin; the outcomes come back from its stdout, summed per batch. The child
 (``python -m gateway.shadow.worker``) runs at ``settings.shadow.nice``: by default ``idle``,
 Linux's SCHED_IDLE class, so the kernel gives the copies only CPU that no other process
 wants and preempts them as soon as a request handler wakes up; or a nice value 0..19. The
@@ -107,15 +108,33 @@ async def read_frame(reader: asyncio.StreamReader) -> Any:
     return pickle.loads(await reader.readexactly(n))  # noqa: S301 - our own parent's frames
 
 
-def tap_frame(job: int, tap: Tap) -> bytes:
+def tap_item(job: int, tap: Tap) -> tuple[Any, ...]:
+    """One copy as a ``taps`` frame carries it."""
     scope = tap.scope
-    return frame(
-        (
-            "tap", job, tap.route.name, tap.primary,
-            {k: scope[k] for k in SCOPE_KEYS if k in scope},
-            tap.limit, tap.body, tap.headers, tap.status, tap.resp_headers, tap.resp_body,
-        )
+    return (
+        job, tap.route.name, tap.primary, {k: scope[k] for k in SCOPE_KEYS if k in scope},
+        tap.limit, tap.body, tap.headers, tap.status, tap.resp_raw, tap.resp_body,
     )  # fmt: skip
+
+
+def handoff_frames(items: list[Any]) -> Iterator[bytes]:
+    """The frames of one hand-off batch, in order: a frame made already (a config, the
+    weights) as it is, and each run of copies (``(job, tap)``) as one ``taps`` frame.
+
+    A copy is turned into data here, when the batch goes out, not when it is submitted:
+    submitting is then a list append right after the client's answer, and one pickle of
+    a batch costs less per copy than one per copy."""
+    run: list[tuple[Any, ...]] = []
+    for item in items:
+        if isinstance(item, bytes):
+            if run:
+                yield frame(("taps", run))
+                run = []
+            yield item
+        else:
+            run.append(tap_item(*item))
+    if run:
+        yield frame(("taps", run))
 
 
 def worker_config(config: GatewayConfig) -> GatewayConfig:
@@ -291,12 +310,12 @@ class ShadowProcess:
             return False
         job = next(self._jobs)
         self.in_flight[job] = tap.route.name
-        self._out.add(tap_frame(job, tap))
+        self._out.add((job, tap))
         return True
 
-    def _write_frames(self, frames: list[bytes]) -> None:
+    def _write_frames(self, items: list[Any]) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
-            self.stdin.write(b"".join(frames))
+            self.stdin.write(b"".join(handoff_frames(items)))
 
     # ----------------------------------------------------------------- outcomes
 
@@ -306,9 +325,11 @@ class ShadowProcess:
         for event in events:
             kind = event[0]
             if kind == "done":
-                in_flight.pop(event[1], None)
-            elif kind == "count":
-                results.count(event[1], event[2])
+                for job in event[1]:
+                    in_flight.pop(job, None)
+            elif kind == "counts":
+                for (route, result), n in event[1].items():
+                    results.count(route, result, n)
             elif kind == "sample":
                 results.add_sample(event[1])
             elif kind == "cpu":

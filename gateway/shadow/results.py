@@ -13,6 +13,7 @@ replaced by ``[redacted]`` before they are stored.
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 from collections import deque
@@ -101,18 +102,20 @@ class ShadowResults:
         if self.samples.maxlen != samples:
             self.samples = deque(self.samples, maxlen=samples)
 
-    def count(self, route: str, result: ResultKind) -> None:
+    def count(self, route: str, result: ResultKind, n: int = 1) -> None:
+        """``n`` copies of ``route`` ended with ``result`` (a worker process reports a
+        batch's outcomes together)."""
         key = (route, result)
         child = self._children.get(key)
         if child is None:
             child = self._children[key] = self.counter.labels(route, result)
-        child.inc()
+        child.inc(n)
         per = self.totals.setdefault(route, dict.fromkeys(RESULTS, 0))
-        per[result] += 1
+        per[result] += n
         if result in ("match", "mismatch"):
             now = time.monotonic()
             recent = self._recent.setdefault(route, deque())
-            recent.append((now, result == "match"))
+            recent.extend(itertools.repeat((now, result == "match"), n))
             self._trim(recent, now)
 
     def _trim(self, recent: deque[tuple[float, bool]], now: float) -> None:

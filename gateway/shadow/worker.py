@@ -1,11 +1,12 @@
 """The shadow worker process: ``python -m gateway.shadow.worker``, started by the gateway.
 
 See :mod:`.process` for why and how. This side reads frames from stdin: ``start`` (the
-config, the modules' environment, the nice value) once, then ``tap`` (one copy to make),
+config, the modules' environment, the nice value) once, then ``taps`` (copies to make),
 ``config`` (a reloaded config) and ``weights`` (the live split, for module-to-module calls);
 the end of stdin means stop once the copies in hand are done. It writes frames of event
-lists to stdout: ``count`` and ``sample`` (what :class:`.results.ShadowResults` would have
-recorded), ``done`` (a copy finished) and ``cpu`` (this process's CPU so far). Anything else
+lists to stdout, one every :data:`RESULT_DELAY` at most: ``counts`` and ``sample`` (what
+:class:`.results.ShadowResults` would have recorded; the counts summed per route and
+result), ``done`` (the copies finished) and ``cpu`` (this process's CPU so far). Anything else
 that writes to stdout (a stray print in a module) goes to stderr: fd 1 is pointed there once
 the frame pipe has its own descriptor.
 """
@@ -13,6 +14,7 @@ the frame pipe has its own descriptor.
 from __future__ import annotations
 
 import asyncio
+import collections
 import gc
 import logging
 import os
@@ -36,8 +38,8 @@ class RelayedResults:
         self.out = out
         self.batch = Batch(RESULT_DELAY, self._send)
 
-    def count(self, route: str, result: str) -> None:
-        self._emit(("count", route, result))
+    def count(self, route: str, result: str, n: int = 1) -> None:
+        self._emit(("count", route, result, n))
 
     def add_sample(self, sample: dict[str, Any]) -> None:
         self._emit(("sample", sample))
@@ -55,10 +57,24 @@ class RelayedResults:
         self.batch.flush()
 
     def _send(self, events: list[tuple[Any, ...]]) -> None:
-        if not self.out.is_closing():
-            t = os.times()
-            events.append(("cpu", t.user + t.system))
-            self.out.write(frame(events))
+        if self.out.is_closing():
+            return
+        # Summed here, so that the serving process does one counter step per route and
+        # result and one loop over the finished jobs per batch, not a step per copy.
+        counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        done: list[int] = []
+        out: list[tuple[Any, ...]] = []
+        for event in events:
+            kind = event[0]
+            if kind == "count":
+                counts[event[1], event[2]] += event[3]
+            elif kind == "done":
+                done.append(event[1])
+            else:
+                out.append(event)
+        t = os.times()
+        out += [("counts", dict(counts)), ("done", done), ("cpu", t.user + t.system)]
+        self.out.write(frame(out))
 
 
 async def _pipes() -> tuple[asyncio.StreamReader, asyncio.WriteTransport]:
@@ -135,23 +151,22 @@ async def run() -> int:
         except asyncio.IncompleteReadError:
             break
         kind = msg[0]
-        if kind == "tap":
-            _, job, name, primary, scope, limit, body, headers, status, resp_headers, resp_body = (
-                msg
-            )
-            route = gateway.table.config.route(name)
-            if route is None:  # gone in a reload the parent sent after this copy
-                results.count(name, "error")
-                results.done(job)
-                continue
-            tap = Tap(route, primary, scope, limit, mirror=True, record=False)
-            tap.body, tap.headers, tap.status = body, headers, status
-            tap.resp_headers, tap.resp_body, tap.job = resp_headers, resp_body, job
-            try:
-                queue.put_nowait(tap)
-            except asyncio.QueueFull:  # a reload raised settings.shadow.queue in the gateway
-                results.count(name, "dropped")
-                results.done(job)
+        if kind == "taps":
+            for item in msg[1]:  # (process.tap_item)
+                job, name, primary, scope, limit, body, headers, status, resp_raw, resp_body = item
+                route = gateway.table.config.route(name)
+                if route is None:  # gone in a reload the parent sent after this copy
+                    results.count(name, "error")
+                    results.done(job)
+                    continue
+                tap = Tap(route, primary, scope, limit, mirror=True, record=False)
+                tap.body, tap.headers, tap.status = body, headers, status
+                tap.resp_raw, tap.resp_body, tap.job = resp_raw, resp_body, job
+                try:
+                    queue.put_nowait(tap)
+                except asyncio.QueueFull:  # a reload raised settings.shadow.queue
+                    results.count(name, "dropped")
+                    results.done(job)
         elif kind == "config":
             try:
                 await gateway.apply_config(msg[1])
@@ -191,7 +206,12 @@ def main() -> None:
         format="%(asctime)s shadow-worker[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    sys.exit(asyncio.run(run()))
+    try:
+        import uvloop
+    except ImportError:  # (not on Windows) the standard loop
+        sys.exit(asyncio.run(run()))
+    # the serving process's loop (gateway.server): a copy's loop steps cost less on it
+    sys.exit(uvloop.run(run()))
 
 
 if __name__ == "__main__":
