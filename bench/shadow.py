@@ -33,9 +33,10 @@ The shadow side's CPU, accounted apart:
 0. **Isolation process**: the worker process's own CPU, which the gateway exports
    (``gateway_shadow_worker_cpu_seconds_total``), per copy; and the serving process's CPU
    per request minus the 0 % gateway's: the tap and the hand-off.
-1. **Isolation loop, measured in the shadow workers.** The 100 % gateway loads the module through this
-   file (``CHATGW_EXTRA_MODULES=shadowtest=bench.shadow:create_module``, which returns
-   the test module unchanged) and that import wraps ``Mirror._handle`` (the shadow
+1. **Isolation loop, measured in the shadow workers.** The loop gateway (only that one: the
+   probe's clock reads would count in the worker process's CPU per copy) loads the module
+   through this file (``CHATGW_EXTRA_MODULES=shadowtest=bench.shadow:create_module``,
+   which returns the test module unchanged) and that import wraps ``Mirror._handle`` (the shadow
    worker's per-copy coroutine: the module call, the comparison, the counting) in an
    awaitable that reads the loop thread's CPU clock (``time.thread_time``) around every
    step the coroutine runs. Steps of other tasks interleaved between them are not
@@ -419,12 +420,18 @@ def main() -> int:
             stderr=subprocess.STDOUT,
         )  # fmt: skip
     started.append(up)
+
     # the test module, loaded through this file: see "measured in the shadow workers"
-    loader = "tests.shadow.shadow_apps" if args.no_probe else "bench.shadow"
-    env = {
-        "CHATGW_EXTRA_MODULES": f"shadowtest={loader}:create_module",
-        "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
-    }
+    # (the loop gateway only: in the others no copy runs in the serving loop, and in the
+    # process one the probe would add its clock reads to the worker's CPU per copy)
+    def env_for(variant: str) -> dict[str, str]:
+        probed = variant == "loop" and not args.no_probe
+        loader = "bench.shadow" if probed else "tests.shadow.shadow_apps"
+        return {
+            "CHATGW_EXTRA_MODULES": f"shadowtest={loader}:create_module",
+            "GATEWAY_ADMIN_TOKEN": ADMIN_TOKEN,
+        }
+
     gws: dict[str, Any] = {}
     times: dict[str, list[float]] = {v: [] for v in VARIANTS}
     cpu = dict.fromkeys(VARIANTS, 0.0)
@@ -439,7 +446,7 @@ def main() -> int:
         for v, (percent, isolation) in VARIANTS.items():
             settings = f"  shadow: {{isolation: {isolation}, nice: {os.environ.get('BENCH_SHADOW_NICE', 'idle')}}}"
             text = helpers.routes_text(upstream, SHADOW % percent, settings=settings)
-            gws[v] = ShadowGateway(text, env, work)
+            gws[v] = ShadowGateway(text, env_for(v), work)
             started.append(gws[v])
         procs = {v: psutil.Process(g.proc.pid) for v, g in gws.items()}
         if args.pin:
