@@ -117,24 +117,44 @@ def tap_item(job: int, tap: Tap) -> tuple[Any, ...]:
     )  # fmt: skip
 
 
-def handoff_frames(items: list[Any]) -> Iterator[bytes]:
+def handoff_frames(items: list[Any], failed: Callable[[int], None]) -> Iterator[bytes]:
     """The frames of one hand-off batch, in order: a frame made already (a config, the
     weights) as it is, and each run of copies (``(job, tap)``) as one ``taps`` frame.
 
     A copy is turned into data here, when the batch goes out, not when it is submitted:
     submitting is then a list append right after the client's answer, and one pickle of
-    a batch costs less per copy than one per copy."""
-    run: list[tuple[Any, ...]] = []
+    a batch costs less per copy than one per copy. A copy that cannot be pickled (a module
+    that put an object in its answer's headers) is reported to ``failed`` by its job
+    number; the rest of its run goes on without it."""
+    run: list[tuple[int, Tap]] = []
     for item in items:
         if isinstance(item, bytes):
-            if run:
-                yield frame(("taps", run))
-                run = []
+            yield from _taps_frames(run, failed)
+            run = []
             yield item
         else:
-            run.append(tap_item(*item))
-    if run:
-        yield frame(("taps", run))
+            run.append(item)
+    yield from _taps_frames(run, failed)
+
+
+def _taps_frames(run: list[tuple[int, Tap]], failed: Callable[[int], None]) -> Iterator[bytes]:
+    if not run:
+        return
+    try:
+        whole = frame(("taps", [tap_item(job, tap) for job, tap in run]))
+    except Exception:  # one of them cannot be pickled: find it (below), send the others
+        whole = b""
+    if whole:
+        yield whole
+        return
+    for job, tap in run:
+        try:
+            one = frame(("taps", [tap_item(job, tap)]))
+        except Exception:
+            log.exception("shadow copy on route %s could not be handed over", tap.route.name)
+            failed(job)
+        else:
+            yield one
 
 
 def worker_config(config: GatewayConfig) -> GatewayConfig:
@@ -315,7 +335,12 @@ class ShadowProcess:
 
     def _write_frames(self, items: list[Any]) -> None:
         if self.stdin is not None and not self.stdin.is_closing():
-            self.stdin.write(b"".join(handoff_frames(items)))
+            self.stdin.write(b"".join(handoff_frames(items, self._not_handed)))
+
+    def _not_handed(self, job: int) -> None:
+        route = self.in_flight.pop(job, None)
+        if route is not None:
+            self.mirror.results.count(route, "error")
 
     # ----------------------------------------------------------------- outcomes
 

@@ -8,6 +8,7 @@ import asyncio
 import os
 import pickle
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.config import parse_config
@@ -59,7 +60,7 @@ def test_a_batch_sends_each_run_of_copies_as_one_frame_in_order_with_the_others(
         (3, _tap("/api/items/3")),
         weights,
     ]
-    got = _frames(b"".join(handoff_frames(items)))
+    got = _frames(b"".join(handoff_frames(items, _no_failure)))
     assert [f[0] for f in got] == ["taps", "config", "taps", "weights"]  # type: ignore[index]
     first, _, second, _ = got
     assert [t[0] for t in first[1]] == [1, 2]  # type: ignore[index]
@@ -71,6 +72,23 @@ def test_a_batch_sends_each_run_of_copies_as_one_frame_in_order_with_the_others(
     assert set(scope) <= set(SCOPE_KEYS) and scope["path"] == "/api/items/1"
     assert "app" not in scope and "state" not in scope
     assert resp_raw == [(b"content-type", b"application/json")] and resp_body == [b"{}"]
+
+
+def _no_failure(job: int) -> None:
+    raise AssertionError(f"copy {job} reported as not handed over")
+
+
+def test_a_copy_that_cannot_be_pickled_is_reported_and_the_others_still_go(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bad = _tap("/api/items/2")
+    bad.resp_raw = [(b"x-odd", lambda: None)]  # type: ignore[list-item]
+    failed: list[int] = []
+    items = [(1, _tap("/api/items/1")), (2, bad), (3, _tap("/api/items/3"))]
+    got = _frames(b"".join(handoff_frames(items, failed.append)))
+    assert failed == [2]
+    assert [t[0] for f in got for t in f[1]] == [1, 3]  # type: ignore[index]
+    assert "could not be handed over" in caplog.text
 
 
 def test_the_primary_answers_headers_are_decoded_by_whoever_compares_not_on_the_request() -> None:
