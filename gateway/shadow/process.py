@@ -143,8 +143,8 @@ def _taps_frames(run: list[tuple[int, Tap]], failed: Callable[[int], None]) -> I
     try:
         whole = frame(("taps", [tap_item(job, tap) for job, tap in run]))
     except Exception:  # one of them cannot be pickled: find it (below), send the others
-        whole = b""
-    if whole:
+        whole = None
+    if whole is not None:
         yield whole
         return
     for job, tap in run:

@@ -22,6 +22,8 @@ import signal
 import sys
 from typing import Any
 
+import uvloop
+
 from ..gc_tuning import apply_gc_threshold, freeze_startup_heap, gc_threshold
 from .process import Batch, frame, read_frame
 
@@ -206,10 +208,6 @@ def main() -> None:
         format="%(asctime)s shadow-worker[%(process)d] %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    try:
-        import uvloop
-    except ImportError:  # (not on Windows) the standard loop
-        sys.exit(asyncio.run(run()))
     # the serving process's loop (gateway.server): a copy's loop steps cost less on it
     sys.exit(uvloop.run(run()))
 

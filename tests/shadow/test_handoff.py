@@ -99,12 +99,14 @@ def test_the_primary_answers_headers_are_decoded_by_whoever_compares_not_on_the_
 
 
 def test_counts_of_several_copies_land_at_once() -> None:
-    results = ShadowResults(CollectorRegistry(), samples=10, min_count=4)
+    registry = CollectorRegistry()
+    results = ShadowResults(registry, samples=10, min_count=4)
     results.count("items", "match", 3)
     results.count("items", "mismatch")
     assert results.totals["items"]["match"] == 3 and results.totals["items"]["mismatch"] == 1
     assert results.mismatch_rate("items") == 0.25  # the guard's window holds all four
-    assert results.counter.labels("items", "match")._value.get() == 3
+    labels = {"route": "items", "result": "match"}
+    assert registry.get_sample_value("gateway_shadow_results_total", labels) == 3
 
 
 def test_the_worker_sums_a_batchs_outcomes_per_route_and_result() -> None:
